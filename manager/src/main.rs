@@ -1,0 +1,169 @@
+//! `manager`: shardline's control plane. It owns the cluster metadata in NATS KV, runs the
+//! admin operations (`/init`, `/add`, `/rm`), heartbeats the shard servers, elects primaries
+//! with term fencing and respawns dead servers through a [`runtime::Runtime`].
+//!
+//! - `metadata`: compare-and-set writes of the metadata document (the manager is its only writer).
+//! - `cluster`: the admin operations, elections, and bringing servers up.
+//! - `monitor`: heartbeats, failure detection, failover and respawn with back-off.
+//! - `runtime`: where servers run (local processes; Docker comes next).
+//! - `admin`: the HTTP routes.
+
+mod admin;
+mod cluster;
+mod metadata;
+mod monitor;
+mod runtime;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+use crate::cluster::{Cluster, Settings};
+use crate::metadata::MetaStore;
+use crate::runtime::process::ProcessRuntime;
+use crate::runtime::Runtime;
+
+/// The shardline manager.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Config {
+    /// Address of the admin HTTP API (port 0 picks a free port, printed as `LISTENING <addr>`).
+    #[arg(
+        long,
+        env = "SHARDLINE_MANAGER_LISTEN",
+        default_value = "127.0.0.1:5001"
+    )]
+    listen: String,
+    /// NATS server URL (also passed to the shard servers).
+    #[arg(
+        long,
+        env = "SHARDLINE_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats_url: String,
+    /// Where the process runtime keeps one directory per server.
+    #[arg(long, env = "SHARDLINE_DATA_DIR", default_value = "./data/servers")]
+    data_dir: PathBuf,
+    /// The shard-server binary (default: next to this executable).
+    #[arg(long, env = "SHARDLINE_SERVER_BIN")]
+    server_bin: Option<PathBuf>,
+    /// SQLite `synchronous` for the servers: normal or full.
+    #[arg(long, env = "SHARDLINE_SQLITE_SYNC", default_value = "normal")]
+    sqlite_sync: String,
+    /// JetStream replicas per WAL stream (3 with a 3-node NATS cluster).
+    #[arg(long, env = "SHARDLINE_STREAM_REPLICAS", default_value_t = 1)]
+    stream_replicas: usize,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, env = "SHARDLINE_HEARTBEAT_MS", default_value_t = 300)]
+    heartbeat_ms: u64,
+    /// Heartbeat timeout in milliseconds.
+    #[arg(long, env = "SHARDLINE_HEARTBEAT_TIMEOUT_MS", default_value_t = 250)]
+    heartbeat_timeout_ms: u64,
+    /// Missed heartbeats in a row after which a server is dead.
+    #[arg(long, env = "SHARDLINE_DEAD_AFTER", default_value_t = 3)]
+    dead_after: u32,
+    /// Respawns allowed per server within 5 minutes before it is marked failed.
+    #[arg(long, env = "SHARDLINE_MAX_RESPAWNS", default_value_t = 5)]
+    max_respawns: usize,
+    /// Seconds a new or respawned server may take to catch up.
+    #[arg(long, env = "SHARDLINE_CATCH_UP_TIMEOUT_S", default_value_t = 300)]
+    catch_up_timeout_s: u64,
+    /// Stop the servers when the manager is asked to stop (SIGINT/SIGTERM); a manager that
+    /// is killed leaves them running either way.
+    #[arg(long, env = "SHARDLINE_STOP_SERVERS_ON_EXIT", default_value_t = true, action = clap::ArgAction::Set)]
+    stop_servers_on_exit: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,async_nats=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let config = Config::parse();
+    tracing::info!(?config, "starting manager");
+
+    let server_bin = match &config.server_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("executable has no directory")?
+            .join("shard-server"),
+    };
+    std::fs::create_dir_all(&config.data_dir)?;
+    let data_dir = std::fs::canonicalize(&config.data_dir)?;
+    let runtime = ProcessRuntime {
+        bin: server_bin,
+        data_dir,
+        args: vec![
+            "--nats-url".into(),
+            config.nats_url.clone(),
+            "--sqlite-sync".into(),
+            config.sqlite_sync.clone(),
+        ],
+    };
+
+    let nats = async_nats::ConnectOptions::new()
+        .name("shardline manager")
+        .retry_on_initial_connect()
+        .connect(&config.nats_url)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+    let js = async_nats::jetstream::new(nats);
+    let meta = loop {
+        match MetaStore::open(&js).await {
+            Ok(m) => break m,
+            Err(e) => {
+                tracing::warn!(error = %e, "metadata bucket not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let cluster = Arc::new(Cluster {
+        meta,
+        js,
+        runtime,
+        http: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(30))
+            .build()?,
+        settings: Settings {
+            stream_replicas: config.stream_replicas,
+            catch_up_timeout: Duration::from_secs(config.catch_up_timeout_s),
+        },
+        admin: tokio::sync::Mutex::new(()),
+        elections: tokio::sync::Mutex::new(()),
+    });
+    tokio::spawn(monitor::run(
+        cluster.clone(),
+        monitor::Settings {
+            interval: Duration::from_millis(config.heartbeat_ms),
+            timeout: Duration::from_millis(config.heartbeat_timeout_ms),
+            dead_after: config.dead_after,
+            max_respawns: config.max_respawns,
+            respawn_window: Duration::from_secs(300),
+        },
+    ));
+
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    println!("LISTENING {addr}");
+    tracing::info!(%addr, "manager listening");
+    axum::serve(listener, admin::router(cluster.clone()))
+        .with_graceful_shutdown(shardline::shutdown::signal())
+        .await?;
+    if config.stop_servers_on_exit {
+        cluster.runtime.shutdown().await;
+    }
+    tracing::info!("manager stopped");
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! The manager's handle on cluster metadata: the single writer of the KV document, with
+//! compare-and-set on the revision so that two managers (or a stale one) cannot overwrite
+//! each other's changes.
+
+use async_nats::jetstream::{self, kv};
+use shardline::meta::{ClusterMeta, META_KEY};
+use shardline::ApiError;
+use tokio::sync::Mutex;
+
+pub struct MetaStore {
+    kv: kv::Store,
+    /// The last document read or written, with its revision (0 = absent).
+    cached: Mutex<(Option<ClusterMeta>, u64)>,
+    /// One read-modify-write at a time within this manager; CAS guards against others.
+    writer: Mutex<()>,
+}
+
+impl MetaStore {
+    pub async fn open(js: &jetstream::Context) -> Result<MetaStore, async_nats::Error> {
+        let kv = shardline::watch::open_bucket(js).await?;
+        let store = MetaStore {
+            kv,
+            cached: Mutex::new((None, 0)),
+            writer: Mutex::new(()),
+        };
+        store.reload().await?;
+        Ok(store)
+    }
+
+    async fn reload(&self) -> Result<(), async_nats::Error> {
+        let entry = self.kv.entry(META_KEY).await?;
+        let mut c = self.cached.lock().await;
+        *c = match entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                (shardline::watch::decode(&e.value), e.revision)
+            }
+            Some(e) => (None, e.revision),
+            None => (None, 0),
+        };
+        Ok(())
+    }
+
+    pub async fn get(&self) -> Option<ClusterMeta> {
+        self.cached.lock().await.0.clone()
+    }
+
+    /// Applies `f` to the current document and stores the result with compare-and-set,
+    /// re-reading and retrying when someone else wrote in between. `f` returning an error
+    /// leaves the document unchanged.
+    pub async fn update<T>(
+        &self,
+        mut f: impl FnMut(Option<ClusterMeta>) -> Result<(Option<ClusterMeta>, T), ApiError>,
+    ) -> Result<T, ApiError> {
+        let _one_writer = self.writer.lock().await;
+        for _ in 0..5 {
+            let (current, revision) = self.cached.lock().await.clone();
+            let (next, out) = f(current)?;
+            let written = match &next {
+                Some(m) => {
+                    let bytes = serde_json::to_vec(m)
+                        .map_err(|e| ApiError::Internal(format!("encoding metadata: {e}")))?;
+                    if revision == 0 {
+                        self.kv
+                            .create(META_KEY, bytes.into())
+                            .await
+                            .map_err(|e| e.to_string())
+                    } else {
+                        self.kv
+                            .update(META_KEY, bytes.into(), revision)
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                }
+                None => self
+                    .kv
+                    .purge(META_KEY)
+                    .await
+                    .map(|_| 0)
+                    .map_err(|e| e.to_string()),
+            };
+            match written {
+                Ok(rev) => {
+                    let rev = if next.is_none() {
+                        self.current_revision().await
+                    } else {
+                        rev
+                    };
+                    *self.cached.lock().await = (next, rev);
+                    return Ok(out);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metadata write conflicted; re-reading");
+                    self.reload().await.map_err(|e| {
+                        ApiError::Unavailable(format!("metadata store unreachable: {e}"))
+                    })?;
+                }
+            }
+        }
+        Err(ApiError::Unavailable(
+            "metadata kept changing under the manager; retry".into(),
+        ))
+    }
+
+    async fn current_revision(&self) -> u64 {
+        match self.kv.entry(META_KEY).await {
+            Ok(Some(e)) => e.revision,
+            _ => 0,
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! `POST /write`, `PUT /update`, `DELETE /del`: accepted only by the shard's primary, which
+//! appends one WAL entry and answers once a majority of replicas applied it.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::Json;
+use serde_json::{json, Value};
+use shardline::body::ApiJson;
+use shardline::wal::{now_ms, WalEntry, WalOp};
+use shardline::ApiError;
+
+use super::{configured_schema, key_field, object, only_fields, shard_field};
+use crate::server::Server;
+use crate::store::Outcome;
+
+pub async fn write(
+    State(s): State<Arc<Server>>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let schema = configured_schema(&s)?;
+    let body = object(body)?;
+    only_fields(&body, &["shard", "data"])?;
+    let shard = shard_field(&body)?;
+    let rows = body
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::BadRequest("field `data` must be an array of rows".into()))?;
+    if rows.is_empty() {
+        return Err(ApiError::BadRequest("field `data` is empty".into()));
+    }
+    let mut keys = Vec::with_capacity(rows.len());
+    let mut objects = Vec::with_capacity(rows.len());
+    let sm = s.current_meta();
+    let range = sm.as_ref().and_then(|m| m.shard(&shard).cloned());
+    for (i, r) in rows.iter().enumerate() {
+        let row = schema
+            .parse_row(r, s.max_string_bytes)
+            .map_err(|e| ApiError::BadRequest(format!("data[{i}]: {e}")))?;
+        let k = match row[0] {
+            shardline::schema::Value::Int(k) => k,
+            shardline::schema::Value::Text(_) => unreachable!("key column is a Number"),
+        };
+        if let Some(range) = &range {
+            if !range.contains(k) {
+                return Err(ApiError::BadRequest(format!(
+                    "data[{i}]: key {k} is outside shard {shard} [{}, {})",
+                    range.low,
+                    range.end()
+                )));
+            }
+        }
+        keys.push(k);
+        objects.push(schema.row_to_json(&row));
+    }
+    let leader = s.leader(&shard)?;
+    let existing = leader
+        .replica
+        .store
+        .existing(&keys)
+        .await
+        .map_err(|e| ApiError::Internal(format!("shard {shard}: {e}")))?;
+    if !existing.is_empty() {
+        return Err(duplicate(&shard, &existing));
+    }
+    let n = objects.len();
+    let entry = WalEntry {
+        op: WalOp::Insert { rows: objects },
+        term: leader.term,
+        by: s.name.to_string(),
+        ts_ms: now_ms(),
+    };
+    match leader.replica.commit(entry, s.commit_timeout).await? {
+        Outcome::Applied => Ok(Json(json!({
+            "message": format!("{n} Data entries added"),
+            "status": "success"
+        }))),
+        other => Err(rejected(&shard, other)),
+    }
+}
+
+pub async fn update(
+    State(s): State<Arc<Server>>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let schema = configured_schema(&s)?;
+    let key = schema.key().to_owned();
+    let body = object(body)?;
+    only_fields(&body, &["shard", &key, "data"])?;
+    let shard = shard_field(&body)?;
+    let k = key_field(&body, &key)?;
+    let data = body
+        .get("data")
+        .ok_or_else(|| ApiError::BadRequest("missing field `data`".into()))?;
+    let row = schema
+        .parse_row(data, s.max_string_bytes)
+        .map_err(|e| ApiError::BadRequest(format!("data: {e}")))?;
+    if row[0] != shardline::schema::Value::Int(k) {
+        return Err(ApiError::BadRequest(format!(
+            "data.{key} must equal {key} ({k}): the key of a row cannot change"
+        )));
+    }
+    let leader = s.leader(&shard)?;
+    let entry = WalEntry {
+        op: WalOp::Update {
+            key: k,
+            row: schema.row_to_json(&row),
+        },
+        term: leader.term,
+        by: s.name.to_string(),
+        ts_ms: now_ms(),
+    };
+    match leader.replica.commit(entry, s.commit_timeout).await? {
+        Outcome::Applied => Ok(Json(json!({
+            "message": format!("Data entry for {key}:{k} updated"),
+            "status": "success"
+        }))),
+        other => Err(rejected(&shard, other)),
+    }
+}
+
+pub async fn delete(
+    State(s): State<Arc<Server>>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let schema = configured_schema(&s)?;
+    let key = schema.key().to_owned();
+    let body = object(body)?;
+    only_fields(&body, &["shard", &key])?;
+    let shard = shard_field(&body)?;
+    let k = key_field(&body, &key)?;
+    let leader = s.leader(&shard)?;
+    let entry = WalEntry {
+        op: WalOp::Delete { key: k },
+        term: leader.term,
+        by: s.name.to_string(),
+        ts_ms: now_ms(),
+    };
+    match leader.replica.commit(entry, s.commit_timeout).await? {
+        Outcome::Applied => Ok(Json(json!({
+            "message": format!("Data entry with {key}:{k} removed from all replicas"),
+            "status": "success"
+        }))),
+        other => Err(rejected(&shard, other)),
+    }
+}
+
+fn duplicate(shard: &str, keys: &[i64]) -> ApiError {
+    let list: Vec<String> = keys.iter().map(i64::to_string).collect();
+    ApiError::Conflict(format!(
+        "shard {shard}: duplicate key(s) {}; nothing was written to this shard",
+        list.join(", ")
+    ))
+}
+
+fn rejected(shard: &str, outcome: Outcome) -> ApiError {
+    match outcome {
+        Outcome::Duplicate(keys) => duplicate(shard, &keys),
+        Outcome::Missing(k) => {
+            ApiError::NotFound(format!("no record with key {k} in shard {shard}"))
+        }
+        Outcome::Invalid(e) => ApiError::BadRequest(format!("shard {shard}: entry rejected: {e}")),
+        Outcome::StaleTerm { .. } | Outcome::NewTerm(_) | Outcome::Applied => {
+            ApiError::Internal(format!("shard {shard}: unexpected outcome {outcome:?}"))
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Catch-up of a replica that starts with an empty database: copy a snapshot from a healthy
+//! replica (`/copy`, consistent with a WAL sequence) so the applier starts from there instead
+//! of replaying the whole history. When no peer can give one, the applier replays the log.
+
+use std::time::Instant;
+
+use serde_json::Value as Json;
+use shardline::meta::Health;
+use shardline::names::ShardId;
+
+use crate::server::Server;
+use crate::store::Store;
+
+pub async fn restore_from_peer(server: &Server, shard: &ShardId, store: &Store) {
+    let Some(meta) = server.current_meta() else {
+        return;
+    };
+    let primary = meta.shard(shard.as_str()).and_then(|s| s.primary.clone());
+    let mut peers: Vec<_> = meta
+        .replicas(shard.as_str())
+        .filter(|n| **n != server.name)
+        .filter_map(|n| {
+            let m = meta.servers.get(n)?;
+            (m.health == Health::Up).then(|| (n.clone(), m.addr.clone()))
+        })
+        .collect();
+    // The primary is the most up to date; try it first.
+    peers.sort_by_key(|(n, _)| Some(n) != primary.as_ref());
+    let started = Instant::now();
+    for (peer, addr) in peers {
+        match fetch(server, shard, &addr).await {
+            Ok((rows, seq, term)) if seq > 0 => {
+                let count = rows.len();
+                if let Err(e) = store.restore(&rows, seq, term).await {
+                    tracing::warn!(shard = %shard, peer = %peer, error = %e, "cannot store snapshot");
+                    continue;
+                }
+                tracing::info!(
+                    shard = %shard, server = %server.name, peer = %peer, seq, rows = count,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "restored snapshot; applying the log from the next sequence"
+                );
+                return;
+            }
+            Ok(_) => return, // the peer has applied nothing either: replaying is as cheap
+            Err(e) => {
+                tracing::warn!(shard = %shard, peer = %peer, error = %e, "snapshot copy failed")
+            }
+        }
+    }
+}
+
+async fn fetch(
+    server: &Server,
+    shard: &ShardId,
+    addr: &str,
+) -> anyhow::Result<(Vec<shardline::schema::Row>, u64, u64)> {
+    let body: Json = server
+        .http
+        .post(format!("http://{addr}/copy"))
+        .json(&serde_json::json!({"shards": [shard]}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let seq = body["seq"][shard.as_str()].as_u64().unwrap_or(0);
+    let term = body["term"][shard.as_str()].as_u64().unwrap_or(0);
+    let schema = server
+        .schema()
+        .ok_or_else(|| anyhow::anyhow!("not configured"))?;
+    let rows = body[shard.as_str()]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("snapshot of {shard} has no rows array"))?
+        .iter()
+        .map(|r| schema.parse_row(r, usize::MAX))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("snapshot row does not fit the schema: {e}"))?;
+    Ok((rows, seq, term))
+}

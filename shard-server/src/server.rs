@@ -1,0 +1,190 @@
+//! The server's shared state: its name, its replicas by shard, the watched cluster metadata,
+//! and the checks every write makes before it reaches the log.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use shardline::meta::ClusterMeta;
+use shardline::names::{ServerName, ShardId};
+use shardline::schema::Schema;
+use shardline::watch::MetaRx;
+use shardline::{ApiError, Term};
+
+use crate::replica::Replica;
+use crate::store::{Store, Sync};
+
+pub struct Server {
+    pub name: ServerName,
+    pub data_dir: PathBuf,
+    pub js: jetstream::Context,
+    pub nats: async_nats::Client,
+    pub meta: MetaRx,
+    pub http: reqwest::Client,
+    pub sync: Sync,
+    pub commit_timeout: Duration,
+    pub max_string_bytes: usize,
+    schema: RwLock<Option<Schema>>,
+    replicas: RwLock<HashMap<ShardId, Arc<Replica>>>,
+    /// Serialises `/config` so two concurrent calls cannot open one database twice.
+    configuring: tokio::sync::Mutex<()>,
+}
+
+/// What a write needs once the primary checks passed.
+pub struct Leader {
+    pub replica: Arc<Replica>,
+    pub term: Term,
+}
+
+impl Server {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: ServerName,
+        data_dir: PathBuf,
+        js: jetstream::Context,
+        nats: async_nats::Client,
+        meta: MetaRx,
+        sync: Sync,
+        commit_timeout: Duration,
+        max_string_bytes: usize,
+    ) -> Server {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .expect("a plain HTTP client always builds");
+        Server {
+            name,
+            data_dir,
+            js,
+            nats,
+            meta,
+            http,
+            sync,
+            commit_timeout,
+            max_string_bytes,
+            schema: RwLock::new(None),
+            replicas: RwLock::new(HashMap::new()),
+            configuring: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn schema(&self) -> Option<Schema> {
+        read(&self.schema).clone()
+    }
+
+    pub fn replica(&self, shard: &str) -> Result<Arc<Replica>, ApiError> {
+        read(&self.replicas).get(shard).cloned().ok_or_else(|| {
+            ApiError::NotFound(format!("server {} holds no shard {shard:?}", self.name))
+        })
+    }
+
+    pub fn replicas(&self) -> Vec<Arc<Replica>> {
+        let mut v: Vec<_> = read(&self.replicas).values().cloned().collect();
+        v.sort_by(|a, b| a.shard.cmp(&b.shard));
+        v
+    }
+
+    pub fn current_meta(&self) -> Option<Arc<ClusterMeta>> {
+        self.meta.borrow().clone()
+    }
+
+    /// Opens the given shards (idempotent) and starts applying their logs.
+    pub async fn configure(&self, schema: Schema, shards: &[ShardId]) -> Result<(), ApiError> {
+        let _guard = self.configuring.lock().await;
+        {
+            let mut current = self.schema.write().unwrap_or_else(|p| p.into_inner());
+            match current.as_ref() {
+                Some(s) if *s != schema => {
+                    return Err(ApiError::Conflict(format!(
+                        "server {} is already configured with a different schema",
+                        self.name
+                    )))
+                }
+                _ => *current = Some(schema.clone()),
+            }
+        }
+        std::fs::create_dir_all(&self.data_dir).map_err(|e| {
+            ApiError::Internal(format!("cannot create {}: {e}", self.data_dir.display()))
+        })?;
+        for shard in shards {
+            if read(&self.replicas).contains_key(shard) {
+                continue;
+            }
+            let path = self.data_dir.join(format!("{shard}.db"));
+            let store = Store::open(&path, &schema, self.sync)
+                .await
+                .map_err(|e| ApiError::Internal(format!("cannot open {}: {e}", path.display())))?;
+            let fresh = store.position().await.map(|p| p.0 == 0).unwrap_or(false);
+            if fresh {
+                crate::catchup::restore_from_peer(self, shard, &store).await;
+            }
+            let replica = Replica::start(
+                shard.clone(),
+                store,
+                self.name.clone(),
+                self.js.clone(),
+                self.nats.clone(),
+                self.meta.clone(),
+            )
+            .await
+            .map_err(|e| ApiError::Internal(format!("cannot start replica of {shard}: {e}")))?;
+            self.replicas
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(shard.clone(), replica);
+            tracing::info!(server = %self.name, shard = %shard, "replica configured");
+        }
+        Ok(())
+    }
+
+    /// Checks that this server is the primary of `shard` for the current term and has
+    /// applied that term's marker, so its entries will not be skipped.
+    pub fn leader(&self, shard: &str) -> Result<Leader, ApiError> {
+        let meta = self.current_meta().ok_or_else(|| {
+            ApiError::Unavailable("the cluster is not configured (no metadata)".into())
+        })?;
+        let sm = meta
+            .shard(shard)
+            .ok_or_else(|| ApiError::NotFound(format!("unknown shard {shard:?}")))?;
+        if sm.primary.as_ref() != Some(&self.name) {
+            return Err(ApiError::NotPrimary {
+                message: format!(
+                    "server {} is not the primary of shard {shard}; the primary is {}",
+                    self.name,
+                    sm.primary
+                        .as_ref()
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "not elected yet".into())
+                ),
+                primary: sm.primary.as_ref().map(|p| p.to_string()),
+            });
+        }
+        let replica = self.replica(shard)?;
+        let applied_term = replica.progress().term;
+        if applied_term != sm.term {
+            return Err(ApiError::Unavailable(format!(
+                "shard {shard}: primary {} has not yet applied the marker of term {} (at term {applied_term})",
+                self.name, sm.term
+            )));
+        }
+        Ok(Leader {
+            replica,
+            term: sm.term,
+        })
+    }
+
+    pub async fn shutdown(&self) {
+        for r in self.replicas() {
+            r.stop();
+            r.store.close().await;
+        }
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
