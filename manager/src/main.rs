@@ -26,6 +26,11 @@ use crate::metadata::MetaStore;
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::Runtime;
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RuntimeKind {
+    Process,
+}
+
 /// The shardline manager.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -47,6 +52,9 @@ struct Config {
     /// Where the process runtime keeps one directory per server.
     #[arg(long, env = "SHARDLINE_DATA_DIR", default_value = "./data/servers")]
     data_dir: PathBuf,
+    /// Where shard servers run: `process` (local child processes).
+    #[arg(long, env = "SHARDLINE_RUNTIME", value_enum, default_value = "process")]
+    runtime: RuntimeKind,
     /// The shard-server binary (default: next to this executable).
     #[arg(long, env = "SHARDLINE_SERVER_BIN")]
     server_bin: Option<PathBuf>,
@@ -90,26 +98,33 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     tracing::info!(?config, "starting manager");
 
-    let server_bin = match &config.server_bin {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("executable has no directory")?
-            .join("shard-server"),
-    };
-    std::fs::create_dir_all(&config.data_dir)?;
-    let data_dir = std::fs::canonicalize(&config.data_dir)?;
-    let runtime = ProcessRuntime {
-        bin: server_bin,
-        data_dir,
-        args: vec![
-            "--nats-url".into(),
-            config.nats_url.clone(),
-            "--sqlite-sync".into(),
-            config.sqlite_sync.clone(),
-        ],
-    };
+    let server_args = vec![
+        "--nats-url".to_string(),
+        config.nats_url.clone(),
+        "--sqlite-sync".into(),
+        config.sqlite_sync.clone(),
+    ];
+    match config.runtime {
+        RuntimeKind::Process => {
+            let bin = match &config.server_bin {
+                Some(p) => p.clone(),
+                None => std::env::current_exe()?
+                    .parent()
+                    .context("executable has no directory")?
+                    .join("shard-server"),
+            };
+            std::fs::create_dir_all(&config.data_dir)?;
+            let runtime = ProcessRuntime {
+                bin,
+                data_dir: std::fs::canonicalize(&config.data_dir)?,
+                args: server_args,
+            };
+            serve(config, runtime).await
+        }
+    }
+}
 
+async fn serve<R: Runtime>(config: Config, runtime: R) -> anyhow::Result<()> {
     let nats = async_nats::ConnectOptions::new()
         .name("shardline manager")
         .retry_on_initial_connect()

@@ -1,0 +1,160 @@
+//! `gateway`: shardline's public HTTP API (shared/API.md). It holds no state of its own: it
+//! follows the cluster metadata in the NATS KV bucket and turns each request into calls to
+//! shard servers (data) or the manager (admin).
+//!
+//! - [`topology`]: connects to NATS and keeps a snapshot of the cluster metadata, with one
+//!   consistent-hash ring per shard; never writes metadata.
+//! - [`router`]: the shared [`router::AppState`], the route table, 404/405 fallbacks.
+//! - [`upstream`]: the one HTTP client for shard servers and the manager; decodes their answers
+//!   into [`shardline::ApiError`]s and routes a call to a shard's primary (retrying once after a
+//!   failover).
+//! - [`body`]: shape checks for bodies whose key field is named by the schema.
+//! - [`read`], [`write`], [`admin`], [`status`], [`health`]: one module per endpoint family,
+//!   each owning its validation (pure functions over the metadata and the body) and execution.
+
+mod admin;
+mod body;
+mod health;
+mod read;
+mod router;
+mod status;
+mod topology;
+mod upstream;
+mod write;
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use shardline::ring::RingHash;
+use tracing_subscriber::EnvFilter;
+
+/// shardline gateway: the public HTTP API.
+#[derive(Parser, Clone)]
+#[command(name = "gateway", version, about)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "SHARDLINE_GATEWAY_LISTEN", default_value = "0.0.0.0:5000")]
+    pub listen: String,
+    /// NATS server holding the metadata bucket and the WAL streams.
+    #[arg(
+        long,
+        env = "SHARDLINE_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+    /// Base URL of the manager's admin API (/init, /add, /rm are forwarded there).
+    #[arg(
+        long,
+        env = "SHARDLINE_MANAGER_URL",
+        default_value = "http://127.0.0.1:5001"
+    )]
+    pub manager_url: String,
+    /// Hash used by the read-replica rings: `mixed` (even spread) or `quadratic` (the assignment's).
+    #[arg(long, env = "SHARDLINE_RING_HASH", default_value = "mixed")]
+    pub ring_hash: RingHash,
+    /// Largest accepted request body, in bytes (larger → 413).
+    #[arg(long, env = "SHARDLINE_BODY_LIMIT", default_value_t = 8 * 1024 * 1024)]
+    pub body_limit: usize,
+    /// Most rows accepted by one /write (more → 400).
+    #[arg(long, env = "SHARDLINE_MAX_BATCH", default_value_t = 10_000)]
+    pub max_batch: usize,
+    /// When set, /init, /add and /rm require `Authorization: Bearer <token>`.
+    #[arg(long, env = "SHARDLINE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Timeout of one call to a shard server, in milliseconds.
+    #[arg(
+        long,
+        env = "SHARDLINE_GATEWAY_REQUEST_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub request_timeout_ms: u64,
+    /// Timeout of a forwarded admin call (/init spawns servers), in seconds.
+    #[arg(
+        long,
+        env = "SHARDLINE_GATEWAY_ADMIN_TIMEOUT_SECS",
+        default_value_t = 300
+    )]
+    pub admin_timeout_secs: u64,
+    /// How long a write waits for a new primary after its primary failed or refused, in ms.
+    #[arg(
+        long,
+        env = "SHARDLINE_GATEWAY_FAILOVER_WAIT_MS",
+        default_value_t = 2_000
+    )]
+    pub failover_wait_ms: u64,
+}
+
+impl std::fmt::Debug for Config {
+    // Hand-written so the admin token never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("nats_url", &self.nats_url)
+            .field("manager_url", &self.manager_url)
+            .field("ring_hash", &self.ring_hash)
+            .field("body_limit", &self.body_limit)
+            .field("max_batch", &self.max_batch)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("admin_timeout_secs", &self.admin_timeout_secs)
+            .field("failover_wait_ms", &self.failover_wait_ms)
+            .finish()
+    }
+}
+
+impl Config {
+    pub fn failover_wait(&self) -> Duration {
+        Duration::from_millis(self.failover_wait_ms)
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let config = Config::parse();
+    tracing::info!(?config, "gateway starting");
+
+    // Connect in the background: the gateway answers /healthz (and 503s) while NATS is away.
+    let nats = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .name("shardline-gateway")
+        .connect(config.nats_url.as_str())
+        .await
+        .with_context(|| format!("invalid NATS url {}", config.nats_url))?;
+    let jetstream = async_nats::jetstream::new(nats);
+    let topology = topology::spawn(jetstream.clone(), config.ring_hash);
+    let http = upstream::client(Duration::from_millis(config.request_timeout_ms))?;
+
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+
+    let state = Arc::new(router::AppState {
+        config,
+        topology,
+        jetstream,
+        http,
+    });
+    let app = router::router(state);
+
+    println!("LISTENING {addr}");
+    std::io::stdout().flush()?;
+    tracing::info!(%addr, "gateway listening");
+
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shardline::shutdown::signal())
+        .await
+        .context("HTTP server failed")?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}

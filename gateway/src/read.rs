@@ -1,0 +1,280 @@
+//! `POST|GET /read` (a key range over every overlapping shard, in parallel, each from one
+//! replica picked on the shard's ring) and `GET|POST /read/{server}` (everything one server holds).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use reqwest::Method;
+use serde_json::{json, Map, Value};
+use shardline::body::ApiJson;
+use shardline::meta::ClusterMeta;
+use shardline::names::{ServerName, ShardId};
+use shardline::ApiError;
+
+use crate::body::{bad, int, kind, object, only_fields, required};
+use crate::router::AppState;
+use crate::topology::Cluster;
+use crate::upstream::{self, CallError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// Any live replica, chosen on the ring.
+    Any,
+    /// The shard's primary (read-your-writes).
+    Primary,
+}
+
+/// A validated read: the part of the range each overlapping shard owns, in key order.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ReadPlan {
+    pub consistency: Consistency,
+    pub parts: Vec<ShardRange>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct ShardRange {
+    pub shard: ShardId,
+    /// Inclusive bounds, clipped to the shard's range.
+    pub low: i64,
+    pub high: i64,
+}
+
+/// Validates `{"<key>": {"low": int, "high": int}, "consistency"?: "primary"|"any"}`.
+pub fn plan(meta: &ClusterMeta, body: &Value) -> Result<ReadPlan, ApiError> {
+    let key = meta.schema.key();
+    let obj = object(body)?;
+    only_fields(obj, &[key, "consistency"], "")?;
+    let range = required(obj, "", key)?;
+    let range = range.as_object().ok_or_else(|| {
+        bad(format!(
+            "`{key}` must be an object {{\"low\": <integer>, \"high\": <integer>}}, got {}",
+            kind(range)
+        ))
+    })?;
+    only_fields(range, &["low", "high"], key)?;
+    let low = int(&format!("{key}.low"), required(range, key, "low")?)?;
+    let high = int(&format!("{key}.high"), required(range, key, "high")?)?;
+    if low > high {
+        return Err(bad(format!(
+            "`{key}.low` ({low}) is greater than `{key}.high` ({high})"
+        )));
+    }
+    let consistency = match obj.get("consistency") {
+        None | Some(Value::Null) => Consistency::Any,
+        Some(Value::String(s)) if s == "any" => Consistency::Any,
+        Some(Value::String(s)) if s == "primary" => Consistency::Primary,
+        Some(other) => {
+            return Err(bad(format!(
+                "`consistency` must be \"primary\" or \"any\", got {other}"
+            )))
+        }
+    };
+    let parts = meta
+        .overlapping(low, high)
+        .map(|s| ShardRange {
+            shard: s.id.clone(),
+            low: low.max(s.low),
+            high: high.min(s.end() - 1),
+        })
+        .collect();
+    Ok(ReadPlan { consistency, parts })
+}
+
+pub async fn read(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let topology = state.topology.borrow().clone();
+    let cluster = topology.cluster()?;
+    let plan = plan(&cluster.meta, &body)?;
+    let key = cluster.meta.schema.key();
+    let reads = plan
+        .parts
+        .iter()
+        .map(|part| read_part(&state, cluster, key, part, plan.consistency));
+    let mut data = Vec::new();
+    for rows in futures::future::try_join_all(reads).await? {
+        data.extend(rows);
+    }
+    let queried: Vec<&str> = plan.parts.iter().map(|p| p.shard.as_str()).collect();
+    Ok(Json(
+        json!({"shards_queried": queried, "data": data, "status": "success"}),
+    ))
+}
+
+/// Reads one shard's part from one replica; a replica that fails is replaced by the next live
+/// one on the ring, once.
+async fn read_part(
+    state: &AppState,
+    cluster: &Cluster,
+    key: &str,
+    part: &ShardRange,
+    consistency: Consistency,
+) -> Result<Vec<Value>, ApiError> {
+    let shard = part.shard.as_str();
+    let mut range = Map::new();
+    range.insert("low".into(), part.low.into());
+    range.insert("high".into(), part.high.into());
+    let mut req = Map::new();
+    req.insert("shard".into(), shard.into());
+    req.insert(key.into(), Value::Object(range));
+    let req = Value::Object(req);
+
+    if consistency == Consistency::Primary {
+        let answer = upstream::to_primary(state, shard, Method::POST, "/read", &req).await?;
+        return rows_of(answer).map_err(|e| {
+            ApiError::Unavailable(format!("shard {shard}: primary answered badly: {e}"))
+        });
+    }
+
+    let ring = cluster
+        .ring(shard)
+        .ok_or_else(|| ApiError::Unavailable(format!("shard {shard} has no replica")))?;
+    let request_id: u64 = rand::random();
+    let first = ring
+        .pick(request_id, |s| cluster.is_up(s.as_str()))
+        .ok_or_else(|| ApiError::Unavailable(format!("shard {shard} has no live replica")))?;
+    let err = match fetch(state, cluster, first, &req).await {
+        Ok(rows) => return Ok(rows),
+        Err(CallError::Status(e @ (ApiError::BadRequest(_) | ApiError::PayloadTooLarge(_)))) => {
+            return Err(e)
+        }
+        Err(e) => e,
+    };
+    tracing::debug!(shard, server = %first, error = ?err, "read failed; trying another replica");
+    let Some(second) = ring.pick(request_id, |s| s != first && cluster.is_up(s.as_str())) else {
+        return Err(read_error(shard, first, err));
+    };
+    fetch(state, cluster, second, &req)
+        .await
+        .map_err(|e| read_error(shard, second, e))
+}
+
+async fn fetch(
+    state: &AppState,
+    cluster: &Cluster,
+    server: &ServerName,
+    req: &Value,
+) -> Result<Vec<Value>, CallError> {
+    let target = cluster
+        .target(server.as_str())
+        .ok_or_else(|| CallError::Connect(format!("server {server} has no address")))?;
+    let answer = upstream::call(
+        &state.http,
+        Method::POST,
+        &upstream::url(&target.addr, "/read"),
+        Some(req),
+    )
+    .await?;
+    rows_of(answer).map_err(CallError::Transport)
+}
+
+fn rows_of(mut answer: Value) -> Result<Vec<Value>, String> {
+    match answer.get_mut("data").map(Value::take) {
+        Some(Value::Array(rows)) => Ok(rows),
+        _ => Err("the answer has no `data` array".into()),
+    }
+}
+
+fn read_error(shard: &str, server: &ServerName, e: CallError) -> ApiError {
+    match e {
+        CallError::Connect(e) | CallError::Transport(e) => ApiError::Unavailable(format!(
+            "shard {shard}: replica {server} is unreachable: {e}"
+        )),
+        CallError::Status(e) => e,
+    }
+}
+
+/// Every row of every shard `server` holds, read from that server.
+pub async fn read_server(
+    State(state): State<Arc<AppState>>,
+    Path(server): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let topology = state.topology.borrow().clone();
+    let cluster = topology.cluster()?;
+    let target = cluster
+        .target(&server)
+        .ok_or_else(|| ApiError::NotFound(format!("server {server} not found")))?;
+    let url = upstream::url(&target.addr, "/read_all");
+    let mut answer = upstream::call(&state.http, Method::GET, &url, None)
+        .await
+        .map_err(|e| match e {
+            CallError::Connect(e) | CallError::Transport(e) => {
+                ApiError::Unavailable(format!("server {server} is unreachable: {e}"))
+            }
+            CallError::Status(e) => e,
+        })?;
+    let obj = answer.as_object_mut().ok_or_else(|| {
+        ApiError::Unavailable(format!("server {server} answered with a non-object"))
+    })?;
+    obj.insert("status".into(), "success".into());
+    Ok(Json(answer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::write::tests::a1;
+
+    fn msg(body: Value) -> String {
+        plan(&a1(), &body).unwrap_err().message()
+    }
+
+    #[test]
+    fn ranges_are_split_by_shard_in_key_order() {
+        let p = plan(&a1(), &json!({"Stud_id": {"low": 1000, "high": 8889}})).unwrap();
+        assert_eq!(p.consistency, Consistency::Any);
+        let got: Vec<_> = p
+            .parts
+            .iter()
+            .map(|r| (r.shard.as_str(), r.low, r.high))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("sh1", 1000, 4095),
+                ("sh2", 4096, 8191),
+                ("sh3", 8192, 8889)
+            ]
+        );
+        let p = plan(
+            &a1(),
+            &json!({"Stud_id": {"low": 5, "high": 5}, "consistency": "primary"}),
+        )
+        .unwrap();
+        assert_eq!(p.consistency, Consistency::Primary);
+        assert_eq!(p.parts.len(), 1);
+        // Outside every shard: nothing to read, not an error.
+        let p = plan(&a1(), &json!({"Stud_id": {"low": -10, "high": -1}})).unwrap();
+        assert!(p.parts.is_empty());
+        let p = plan(
+            &a1(),
+            &json!({"Stud_id": {"low": i64::MIN, "high": i64::MAX}}),
+        )
+        .unwrap();
+        assert_eq!(p.parts.len(), 4);
+        assert_eq!(p.parts[3].high, 16383);
+    }
+
+    #[test]
+    fn bad_read_bodies_are_named() {
+        assert!(msg(json!({"Stud_id": {"low": 9, "high": 1}})).contains("greater than"));
+        assert!(msg(json!({})).contains("missing field `Stud_id`"));
+        assert!(msg(json!({"Stud_id": {"low": 1}})).contains("`Stud_id.high`"));
+        assert!(msg(json!({"Stud_id": {"low": "1", "high": 2}})).contains("Stud_id.low"));
+        assert!(msg(json!({"Stud_id": {"low": 1.5, "high": 2}})).contains("64-bit"));
+        assert!(msg(json!({"Stud_id": 5})).contains("must be an object"));
+        assert!(msg(json!({"Stud_id": {"low": 1, "high": 2, "mid": 1}})).contains("`Stud_id.mid`"));
+        assert!(
+            msg(json!({"Stud_id": {"low": 1, "high": 2}, "x": 1, "y": 2}))
+                .contains("unknown fields `x`, `y`")
+        );
+        assert!(
+            msg(json!({"Stud_id": {"low": 1, "high": 2}, "consistency": "strong"}))
+                .contains("consistency")
+        );
+        assert!(msg(json!([1])).contains("JSON object"));
+        assert!(msg(json!({"stud_id": {"low": 1, "high": 2}})).contains("unknown field `stud_id`"));
+    }
+}

@@ -1,0 +1,65 @@
+//! The shared state of every handler and the route table. Unknown routes and wrong methods
+//! answer in the API's JSON failure shape.
+
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::topology::TopologyRx;
+use crate::{admin, health, read, status, write, Config};
+
+pub struct AppState {
+    pub config: Config,
+    pub topology: TopologyRx,
+    /// For /status: WAL stream and consumer progress.
+    pub jetstream: jetstream::Context,
+    pub http: reqwest::Client,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let body_limit = state.config.body_limit;
+    Router::new()
+        .route("/init", post(admin::init))
+        .route("/add", post(admin::add))
+        .route("/rm", delete(admin::rm))
+        .route("/status", get(status::status))
+        .route("/read", get(read::read).post(read::read))
+        .route(
+            "/read/{server}",
+            get(read::read_server).post(read::read_server),
+        )
+        .route("/write", post(write::write))
+        .route("/update", put(write::update))
+        .route("/del", delete(write::delete))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn no_route(method: Method, uri: Uri) -> impl IntoResponse {
+    (
+        StatusCode::NOT_FOUND,
+        Json(
+            json!({"message": format!("no route for {method} {}", uri.path()), "status": "failure"}),
+        ),
+    )
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> impl IntoResponse {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(json!({
+            "message": format!("method {method} is not allowed on {}", uri.path()),
+            "status": "failure",
+        })),
+    )
+}

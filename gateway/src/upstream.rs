@@ -1,0 +1,212 @@
+//! Calls from the gateway to shard servers and the manager: one shared HTTP client, decoding
+//! of their answers (a failure body becomes the same [`ApiError`] the server meant), and
+//! routing of a request to a shard's primary with one retry after a failover.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use shardline::names::ServerName;
+use shardline::ApiError;
+use tokio::time::Instant;
+
+use crate::router::AppState;
+use crate::topology::{Target, TopologyRx};
+
+/// The one client of the process: pooled keep-alive connections to every server.
+pub fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build()?)
+}
+
+/// How a call failed.
+#[derive(Debug)]
+pub enum CallError {
+    /// No connection could be made: the request never reached the server, so it is safe to
+    /// send it elsewhere.
+    Connect(String),
+    /// Sent, but no usable answer came back (timeout, reset, garbled body): the outcome is
+    /// unknown.
+    Transport(String),
+    /// The server answered with a failure status.
+    Status(ApiError),
+}
+
+pub fn url(addr: &str, path: &str) -> String {
+    format!("http://{addr}{path}")
+}
+
+/// Sends one request with an optional JSON body and decodes a JSON answer.
+pub async fn call(
+    http: &reqwest::Client,
+    method: Method,
+    url: &str,
+    body: Option<&Value>,
+) -> Result<Value, CallError> {
+    let mut req = http.request(method, url);
+    if let Some(body) = body {
+        req = req.json(body);
+    }
+    let resp = req.send().await.map_err(|e| {
+        if e.is_connect() {
+            CallError::Connect(chain(&e))
+        } else {
+            CallError::Transport(chain(&e))
+        }
+    })?;
+    let status = resp.status();
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| CallError::Transport(chain(&e)))?;
+    if !status.is_success() {
+        return Err(CallError::Status(error_from(status.as_u16(), &bytes)));
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| CallError::Transport(format!("the answer is not valid JSON: {e}")))
+}
+
+/// The error a failure answer stands for, keeping its message (and a 421's primary).
+pub fn error_from(status: u16, bytes: &[u8]) -> ApiError {
+    let body: Option<Value> = serde_json::from_slice(bytes).ok();
+    let message = match body.as_ref().and_then(|b| b.get("message")) {
+        Some(Value::String(m)) => m.clone(),
+        Some(other) => other.to_string(),
+        None => {
+            let text = String::from_utf8_lossy(bytes);
+            let text = text.trim();
+            if text.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                text.chars().take(500).collect()
+            }
+        }
+    };
+    if status == 421 {
+        let primary = body
+            .as_ref()
+            .and_then(|b| b.get("primary"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        ApiError::NotPrimary { message, primary }
+    } else {
+        ApiError::from_status(status, message)
+    }
+}
+
+/// An error with its causes, which reqwest keeps out of its own `Display`.
+pub fn chain(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+/// Sends `body` to the primary of `shard`. When the primary refuses (421: it is not, or not
+/// yet, the primary) or cannot be reached, waits a bounded time for the metadata to name
+/// another primary and tries once more. A request that was sent but got no answer is not
+/// retried: it may have been committed, and a second attempt could report a false conflict.
+pub async fn to_primary(
+    state: &AppState,
+    shard: &str,
+    method: Method,
+    path: &str,
+    body: &Value,
+) -> Result<Value, ApiError> {
+    let mut rx = state.topology.clone();
+    let wait = state.config.failover_wait();
+    let current = rx.borrow_and_update().cluster()?.primary(shard);
+    let first = match current {
+        Some(t) => t,
+        None => wait_for_primary(&mut rx, shard, None, None, wait).await?,
+    };
+    let hint = match call(
+        &state.http,
+        method.clone(),
+        &url(&first.addr, path),
+        Some(body),
+    )
+    .await
+    {
+        Ok(v) => return Ok(v),
+        Err(CallError::Status(ApiError::NotPrimary { message, primary })) => {
+            tracing::debug!(shard, server = %first.name, %message, "not the primary; retrying");
+            primary
+        }
+        Err(CallError::Connect(e)) => {
+            tracing::debug!(shard, server = %first.name, error = %e, "primary unreachable; retrying");
+            None
+        }
+        Err(CallError::Transport(e)) => return Err(unknown_outcome(shard, &first.name, &e)),
+        Err(CallError::Status(e)) => return Err(e),
+    };
+    let second = wait_for_primary(&mut rx, shard, Some(&first.name), hint, wait).await?;
+    match call(&state.http, method, &url(&second.addr, path), Some(body)).await {
+        Ok(v) => Ok(v),
+        Err(CallError::Status(ApiError::NotPrimary { message, .. })) => {
+            Err(ApiError::Unavailable(format!(
+                "shard {shard}: {} refused as not the primary ({message}); an election may be in progress, retry later",
+                second.name
+            )))
+        }
+        Err(CallError::Connect(e)) => Err(ApiError::Unavailable(format!(
+            "shard {shard}: primary {} is unreachable: {e}",
+            second.name
+        ))),
+        Err(CallError::Transport(e)) => Err(unknown_outcome(shard, &second.name, &e)),
+        Err(CallError::Status(e)) => Err(e),
+    }
+}
+
+fn unknown_outcome(shard: &str, server: &ServerName, e: &str) -> ApiError {
+    ApiError::Unavailable(format!(
+        "shard {shard}: primary {server} did not answer ({e}); the request may or may not have been applied"
+    ))
+}
+
+/// The shard's primary once the metadata names one other than `avoid`, waiting at most
+/// `wait`. If the metadata does not move in time, falls back to `hint` (the primary named by
+/// a refusing server) and then to whatever primary the metadata names.
+async fn wait_for_primary(
+    rx: &mut TopologyRx,
+    shard: &str,
+    avoid: Option<&ServerName>,
+    hint: Option<String>,
+    wait: Duration,
+) -> Result<Target, ApiError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let found = rx.borrow_and_update().cluster()?.primary(shard);
+        if let Some(p) = found.filter(|p| Some(&p.name) != avoid) {
+            return Ok(p);
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => break,
+        }
+    }
+    let topology = rx.borrow().clone();
+    let cluster = topology.cluster()?;
+    if let Some(h) = hint
+        .and_then(|h| cluster.target(&h))
+        .filter(|h| Some(&h.name) != avoid)
+    {
+        return Ok(h);
+    }
+    cluster
+        .primary(shard)
+        .ok_or_else(|| ApiError::Unavailable(format!("shard {shard} has no primary")))
+}
