@@ -1,0 +1,42 @@
+# shardline — see README.md. `make help` lists the targets.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+NATS_SERVER_BIN := $(CURDIR)/.tools/bin/nats-server
+
+.PHONY: help run stop build test lint clean nats
+
+help: ## list the targets
+	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | \
+	    awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
+
+run: ## build (release) and run nats + manager + gateway on :5000, state in ./data; Ctrl-C stops
+	bash scripts/run.sh
+
+stop: ## stop a `make run` started from another terminal (and any stray shard-server)
+	bash scripts/stop.sh
+
+build: ## cargo build --workspace (debug)
+	cargo build --workspace
+
+nats: ## install the pinned nats-server into ./.tools/bin
+	bash scripts/install-nats.sh
+
+test: nats ## install nats-server, build the debug binaries, run every test
+	cargo build --workspace --bins
+	@if cargo nextest --version >/dev/null 2>&1; then \
+	    echo "NATS_SERVER_BIN=$(NATS_SERVER_BIN) cargo nextest run --workspace --no-fail-fast"; \
+	    NATS_SERVER_BIN="$(NATS_SERVER_BIN)" cargo nextest run --workspace --no-fail-fast; \
+	else \
+	    echo "cargo-nextest not found; using cargo test"; \
+	    NATS_SERVER_BIN="$(NATS_SERVER_BIN)" cargo test --workspace --no-fail-fast; \
+	fi
+
+lint: ## cargo fmt --check and clippy with warnings as errors
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+clean: ## remove ./data (run state) and cargo build output
+	rm -rf ./data
+	cargo clean

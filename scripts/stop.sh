@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Stop a shardline started by scripts/run.sh (`make run`), from any terminal:
+# gateway, then manager (SIGTERM: it stops its shard servers), then nats-server, then any
+# shard-server left behind (pid files under ./data/servers/*/server.pid).
+# Safe to run when nothing is running. Pids are checked against the expected program name,
+# so a stale pid file never kills an unrelated process.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DATA="${SHARDLINE_DATA_DIR:-$ROOT/data}"
+RUN="$DATA/run"
+
+# alive PID: the process exists and is not a zombie.
+alive() {
+    local pid="$1" stat
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    if [[ -r "/proc/$pid/stat" ]]; then
+        stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
+        stat="${stat##*) }"
+        [[ "${stat:0:1}" != "Z" && "${stat:0:1}" != "X" ]]
+    else
+        kill -0 "$pid" 2>/dev/null
+    fi
+}
+
+# is_prog PID NAME: the process's command line mentions NAME (guards against pid reuse).
+is_prog() {
+    local pid="$1" name="$2" cmd
+    if [[ -r "/proc/$pid/cmdline" ]]; then
+        cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+    else
+        cmd="$(ps -o command= -p "$pid" 2>/dev/null)" || return 1
+    fi
+    [[ "$cmd" == *"$name"* ]]
+}
+
+# stop_pid PID NAME GRACE_SECONDS: SIGTERM, wait up to GRACE, then SIGKILL.
+stop_pid() {
+    local pid="$1" name="$2" grace="$3" i
+    alive "$pid" || return 0
+    if ! is_prog "$pid" "$name"; then
+        echo "pid $pid is not $name (stale pid file?); leaving it alone" >&2
+        return 0
+    fi
+    echo "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    kill -CONT "$pid" 2>/dev/null || true # in case it was SIGSTOPped
+    for ((i = 0; i < grace * 10; i++)); do
+        alive "$pid" || return 0
+        sleep 0.1
+    done
+    echo "  $name did not exit within ${grace}s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+    for ((i = 0; i < 30; i++)); do
+        alive "$pid" || return 0
+        sleep 0.1
+    done
+}
+
+# stop_named NAME PROGRAM GRACE: stop the process in $RUN/NAME.pid, remove the file.
+stop_named() {
+    local name="$1" prog="$2" grace="$3" pidfile="$RUN/$1.pid" pid
+    [[ -f "$pidfile" ]] || return 0
+    pid="$(tr -d '[:space:]' <"$pidfile")"
+    stop_pid "$pid" "$prog" "$grace"
+    rm -f "$pidfile"
+}
+
+stop_named gateway gateway 10
+stop_named manager manager 30
+stop_named nats nats-server 15
+
+shopt -s nullglob
+for pidfile in "$DATA"/servers/*/server.pid; do
+    pid="$(tr -d '[:space:]' <"$pidfile")"
+    server="$(basename "$(dirname "$pidfile")")"
+    stop_pid "$pid" shard-server 5 || true
+    if alive "$pid" && is_prog "$pid" shard-server; then
+        echo "  $server (pid $pid) is still running" >&2
+    fi
+done
