@@ -11,7 +11,7 @@ use shardline::wal::{now_ms, WalEntry, WalOp};
 use shardline::ApiError;
 
 use super::{configured_schema, key_field, object, only_fields, shard_field};
-use crate::server::Server;
+use crate::server::{Leader, Server};
 use crate::store::Outcome;
 
 pub async fn write(
@@ -101,6 +101,7 @@ pub async fn update(
         )));
     }
     let leader = s.leader(&shard)?;
+    require_existing(&leader, &shard, k).await?;
     let entry = WalEntry {
         op: WalOp::Update {
             key: k,
@@ -130,6 +131,7 @@ pub async fn delete(
     let shard = shard_field(&body)?;
     let k = key_field(&body, &key)?;
     let leader = s.leader(&shard)?;
+    require_existing(&leader, &shard, k).await?;
     let entry = WalEntry {
         op: WalOp::Delete { key: k },
         term: leader.term,
@@ -143,6 +145,23 @@ pub async fn delete(
         }))),
         other => Err(rejected(&shard, other)),
     }
+}
+
+/// An update or delete of a key the primary does not hold is answered without touching the
+/// log (the apply would reject it anyway; this keeps rejected requests out of the WAL).
+async fn require_existing(leader: &Leader, shard: &str, k: i64) -> Result<(), ApiError> {
+    let found = leader
+        .replica
+        .store
+        .existing(&[k])
+        .await
+        .map_err(|e| ApiError::Internal(format!("shard {shard}: {e}")))?;
+    if found.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "no record with key {k} in shard {shard}"
+        )));
+    }
+    Ok(())
 }
 
 fn duplicate(shard: &str, keys: &[i64]) -> ApiError {
