@@ -1169,3 +1169,4 @@ impl Drop for Cluster {
         }
     }
 }
+pub mod check;
