@@ -1170,3 +1170,4 @@ impl Drop for Cluster {
     }
 }
 pub mod check;
+pub mod workload;
