@@ -4,11 +4,12 @@ SHELL := bash
 .DEFAULT_GOAL := help
 
 NATS_SERVER_BIN := $(CURDIR)/.tools/bin/nats-server
+VENV := $(CURDIR)/.venv
 
-.PHONY: help run stop build test lint clean nats
+.PHONY: help run stop build test lint clean nats venv
 
 help: ## list the targets
-	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | \
+	@grep -hE '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | \
 	    awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
 
 run: ## build (release) and run nats + manager + gateway on :5000, state in ./data; Ctrl-C stops
@@ -23,8 +24,22 @@ build: ## cargo build --workspace (debug)
 nats: ## install the pinned nats-server into ./.tools/bin
 	bash scripts/install-nats.sh
 
-test: nats ## install nats-server, build the debug binaries, run every test
+venv: $(VENV)/.installed ## python venv in ./.venv with the pinned schemathesis and nats-py
+
+# Re-installed when the pins change; the stamp file makes it a no-op otherwise.
+$(VENV)/.installed: tests/python/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+	touch $@
+
+test: nats venv ## install nats-server and the python tools, build the debug binaries, run every test
 	cargo build --workspace --bins
+	@if docker info >/dev/null 2>&1; then \
+	    echo "Docker engine reachable: building the images for the Docker end-to-end tests"; \
+	    $(MAKE) --no-print-directory images; \
+	else \
+	    echo "Docker end-to-end tests: SKIPPED (no Docker engine reachable)"; \
+	fi
 	@if cargo nextest --version >/dev/null 2>&1; then \
 	    echo "NATS_SERVER_BIN=$(NATS_SERVER_BIN) cargo nextest run --workspace --no-fail-fast"; \
 	    NATS_SERVER_BIN="$(NATS_SERVER_BIN)" cargo nextest run --workspace --no-fail-fast; \
@@ -37,6 +52,9 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-clean: ## remove ./data (run state) and cargo build output
+clean: docker-clean ## remove ./data (run state), cargo build output and everything Docker-side the project made
 	rm -rf ./data
 	cargo clean
+
+include docker/docker.mk
+include bench/bench.mk

@@ -21,3 +21,32 @@ pub async fn signal() {
     }
     tracing::info!("shutdown requested");
 }
+
+/// Serves `app` until a stop signal, then lets requests in flight finish for at most `drain`
+/// (a client stuck on a slow upstream must not keep the process alive forever). New
+/// connections are refused as soon as the signal arrives.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    drain: std::time::Duration,
+) -> std::io::Result<()> {
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let deadline = async move {
+        if stop_rx.wait_for(|stopped| *stopped).await.is_ok() {
+            tokio::time::sleep(drain).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = server => served,
+        () = deadline => {
+            tracing::warn!(drain_ms = drain.as_millis() as u64, "requests still in flight after the drain timeout; stopping anyway");
+            Ok(())
+        }
+    }
+}

@@ -37,6 +37,10 @@ pub enum WalOp {
     /// Term marker written by the manager at an election: from here on only entries of
     /// `term` (this entry's term) are applied.
     Term { primary: ServerName },
+    /// Several client requests appended as one entry by a primary (group commit). Each op is
+    /// applied in order with its own outcome; an op that is rejected does not affect the
+    /// others. Ops are never `term` or `batch`.
+    Batch { ops: Vec<WalOp> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,5 +107,18 @@ mod tests {
             ts_ms: 9,
         };
         assert_eq!(WalEntry::decode(&m.encode()).unwrap(), m);
+        let b = WalEntry {
+            op: WalOp::Batch {
+                ops: vec![WalOp::Delete { key: 1 }, WalOp::Delete { key: 2 }],
+            },
+            term: 2,
+            by: "Server0".into(),
+            ts_ms: 9,
+        };
+        assert_eq!(
+            serde_json::from_slice::<Json>(&b.encode()).unwrap()["ops"][1],
+            json!({"op": "delete", "key": 2})
+        );
+        assert_eq!(WalEntry::decode(&b.encode()).unwrap(), b);
     }
 }

@@ -15,6 +15,8 @@
 mod admin;
 mod body;
 mod health;
+mod metrics;
+mod openapi;
 mod read;
 mod router;
 mod status;
@@ -61,6 +63,12 @@ pub struct Config {
     /// Most rows accepted by one /write (more → 400).
     #[arg(long, env = "SHARDLINE_MAX_BATCH", default_value_t = 10_000)]
     pub max_batch: usize,
+    /// Longest accepted `String` value in a row, in bytes (longer → 400).
+    #[arg(long, env = "SHARDLINE_MAX_STRING_BYTES", default_value_t = shardline::schema::DEFAULT_MAX_STRING_BYTES)]
+    pub max_string_bytes: usize,
+    /// Most rows one /read may return; a wider range gets a 400 asking for a narrower one.
+    #[arg(long, env = "SHARDLINE_MAX_READ_ROWS", default_value_t = 100_000)]
+    pub max_read_rows: usize,
     /// When set, /init, /add and /rm require `Authorization: Bearer <token>`.
     #[arg(long, env = "SHARDLINE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -78,6 +86,9 @@ pub struct Config {
         default_value_t = 300
     )]
     pub admin_timeout_secs: u64,
+    /// On SIGTERM/SIGINT, how long requests in flight may take to finish, in seconds.
+    #[arg(long, env = "SHARDLINE_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
+    pub drain_timeout_secs: u64,
     /// How long a write waits for a new primary after its primary failed or refused, in ms.
     #[arg(
         long,
@@ -97,10 +108,13 @@ impl std::fmt::Debug for Config {
             .field("ring_hash", &self.ring_hash)
             .field("body_limit", &self.body_limit)
             .field("max_batch", &self.max_batch)
+            .field("max_string_bytes", &self.max_string_bytes)
+            .field("max_read_rows", &self.max_read_rows)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .field("request_timeout_ms", &self.request_timeout_ms)
             .field("admin_timeout_secs", &self.admin_timeout_secs)
             .field("failover_wait_ms", &self.failover_wait_ms)
+            .field("drain_timeout_secs", &self.drain_timeout_secs)
             .finish()
     }
 }
@@ -122,6 +136,7 @@ async fn main() -> anyhow::Result<()> {
 
     let config = Config::parse();
     tracing::info!(?config, "gateway starting");
+    let metrics = metrics::install()?;
 
     // Connect in the background: the gateway answers /healthz (and 503s) while NATS is away.
     let nats = async_nats::ConnectOptions::new()
@@ -130,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
         .connect(config.nats_url.as_str())
         .await
         .with_context(|| format!("invalid NATS url {}", config.nats_url))?;
-    let jetstream = async_nats::jetstream::new(nats);
+    let jetstream = async_nats::jetstream::new(nats.clone());
     let topology = topology::spawn(jetstream.clone(), config.ring_hash);
     let http = upstream::client(Duration::from_millis(config.request_timeout_ms))?;
 
@@ -139,11 +154,13 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
 
+    let drain = Duration::from_secs(config.drain_timeout_secs);
     let state = Arc::new(router::AppState {
         config,
         topology,
         jetstream,
         http,
+        metrics,
     });
     let app = router::router(state);
 
@@ -151,10 +168,13 @@ async fn main() -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     tracing::info!(%addr, "gateway listening");
 
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shardline::shutdown::signal())
+    shardline::shutdown::serve(listener, app, drain)
         .await
         .context("HTTP server failed")?;
+    // Flush and close the NATS connection rather than dropping it mid-request.
+    if let Err(e) = nats.drain().await {
+        tracing::debug!(error = %e, "NATS drain failed");
+    }
     tracing::info!("gateway stopped");
     Ok(())
 }

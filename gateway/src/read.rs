@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::Json;
 use reqwest::Method;
@@ -97,6 +98,15 @@ pub async fn read(
     for rows in futures::future::try_join_all(reads).await? {
         data.extend(rows);
     }
+    // A cap rather than pagination: keys are dense integers, so a client narrows the range.
+    let max = state.config.max_read_rows;
+    if data.len() > max {
+        return Err(bad(format!(
+            "the `{key}` range matched {} rows; at most {max} are returned by one /read \
+             (SHARDLINE_MAX_READ_ROWS): read a narrower range",
+            data.len()
+        )));
+    }
     let queried: Vec<&str> = plan.parts.iter().map(|p| p.shard.as_str()).collect();
     Ok(Json(
         json!({"shards_queried": queried, "data": data, "status": "success"}),
@@ -143,6 +153,7 @@ async fn read_part(
         Err(e) => e,
     };
     tracing::debug!(shard, server = %first, error = ?err, "read failed; trying another replica");
+    crate::metrics::retry(shard, "read_replica_failed");
     let Some(second) = ring.pick(request_id, |s| s != first && cluster.is_up(s.as_str())) else {
         return Err(read_error(shard, first, err));
     };
@@ -189,8 +200,10 @@ fn read_error(shard: &str, server: &ServerName, e: CallError) -> ApiError {
 /// Every row of every shard `server` holds, read from that server.
 pub async fn read_server(
     State(state): State<Arc<AppState>>,
-    Path(server): Path<String>,
+    server: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    // A percent-encoding that is not UTF-8 gets the API's JSON 400, not axum's plain text.
+    let Path(server) = server.map_err(|e| bad(format!("invalid server name in the path: {e}")))?;
     let topology = state.topology.borrow().clone();
     let cluster = topology.cluster()?;
     let target = cluster

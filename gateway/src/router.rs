@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::topology::TopologyRx;
-use crate::{admin, health, read, status, write, Config};
+use crate::{admin, health, metrics, openapi, read, status, write, Config};
 
 pub struct AppState {
     pub config: Config,
@@ -20,6 +20,8 @@ pub struct AppState {
     /// For /status: WAL stream and consumer progress.
     pub jetstream: jetstream::Context,
     pub http: reqwest::Client,
+    /// Renders the process's metrics for `GET /metrics`.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -39,9 +41,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/del", delete(write::delete))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::render))
+        .route("/openapi.json", get(openapi::serve))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(body_limit))
+        // Outermost, so rejected bodies (413) and fallbacks are counted too.
+        .layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
 }
 

@@ -144,10 +144,12 @@ pub async fn to_primary(
         Ok(v) => return Ok(v),
         Err(CallError::Status(ApiError::NotPrimary { message, primary })) => {
             tracing::debug!(shard, server = %first.name, %message, "not the primary; retrying");
+            crate::metrics::retry(shard, "not_primary");
             primary
         }
         Err(CallError::Connect(e)) => {
             tracing::debug!(shard, server = %first.name, error = %e, "primary unreachable; retrying");
+            crate::metrics::retry(shard, "primary_unreachable");
             None
         }
         Err(CallError::Transport(e)) => return Err(unknown_outcome(shard, &first.name, &e)),

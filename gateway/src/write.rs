@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 use shardline::body::ApiJson;
 use shardline::meta::ClusterMeta;
 use shardline::names::ShardId;
-use shardline::schema::{self, DEFAULT_MAX_STRING_BYTES};
+use shardline::schema;
 use shardline::ApiError;
 
 use crate::body::{bad, int, kind, object, only_fields, required, some};
@@ -40,6 +40,7 @@ pub fn plan_write(
     meta: &ClusterMeta,
     body: &Value,
     max_batch: usize,
+    max_string_bytes: usize,
 ) -> Result<WritePlan, ApiError> {
     let obj = object(body)?;
     only_fields(obj, &["data"], "")?;
@@ -65,7 +66,7 @@ pub fn plan_write(
     let mut seen = BTreeSet::new();
     let mut twice = BTreeSet::new();
     for (i, row) in rows.iter().enumerate() {
-        let k = row_key(meta, row).map_err(|e| bad(format!("data[{i}]: {e}")))?;
+        let k = row_key(meta, row, max_string_bytes).map_err(|e| bad(format!("data[{i}]: {e}")))?;
         let shard = meta
             .shard_of(k)
             .ok_or_else(|| bad(format!("data[{i}]: {key} {k} is outside every shard")))?;
@@ -95,8 +96,8 @@ pub fn plan_write(
 }
 
 /// Checks a row against the schema and returns its key.
-fn row_key(meta: &ClusterMeta, row: &Value) -> Result<i64, String> {
-    let parsed = meta.schema.parse_row(row, DEFAULT_MAX_STRING_BYTES)?;
+fn row_key(meta: &ClusterMeta, row: &Value, max_string_bytes: usize) -> Result<i64, String> {
+    let parsed = meta.schema.parse_row(row, max_string_bytes)?;
     match parsed.first() {
         Some(schema::Value::Int(k)) => Ok(*k),
         _ => Err(format!("{:?} must be a Number", meta.schema.key())),
@@ -112,13 +113,17 @@ pub struct KeyPlan {
 }
 
 /// Validates `{"<key>": int, "data": full row}`; the row's key must be the given key.
-pub fn plan_update(meta: &ClusterMeta, body: &Value) -> Result<KeyPlan, ApiError> {
+pub fn plan_update(
+    meta: &ClusterMeta,
+    body: &Value,
+    max_string_bytes: usize,
+) -> Result<KeyPlan, ApiError> {
     let key = meta.schema.key();
     let obj = object(body)?;
     only_fields(obj, &[key, "data"], "")?;
     let k = int(key, required(obj, "", key)?)?;
     let row = required(obj, "", "data")?;
-    let row_k = row_key(meta, row).map_err(|e| bad(format!("data: {e}")))?;
+    let row_k = row_key(meta, row, max_string_bytes).map_err(|e| bad(format!("data: {e}")))?;
     if row_k != k {
         return Err(bad(format!(
             "`data.{key}` is {row_k} but `{key}` is {k}: the key cannot change"
@@ -160,20 +165,43 @@ pub async fn write(
 ) -> Result<Response, ApiError> {
     let plan = {
         let topology = state.topology.borrow().clone();
-        plan_write(&topology.cluster()?.meta, &body, state.config.max_batch)?
+        let c = &state.config;
+        plan_write(
+            &topology.cluster()?.meta,
+            &body,
+            c.max_batch,
+            c.max_string_bytes,
+        )?
     };
     drop(body);
     let sends = plan.groups.iter().map(|g| {
         let state = &state;
         async move {
             let req = json!({"shard": g.shard, "data": g.rows});
-            let result =
-                upstream::to_primary(state, g.shard.as_str(), Method::POST, "/write", &req).await;
+            let result = to_primary(state, g.shard.as_str(), "write", Method::POST, &req).await;
             (g, result.map(|_| ()))
         }
     });
     let results = futures::future::join_all(sends).await;
     Ok(summarize(plan.total, results))
+}
+
+/// Sends one shard's part of a write to its primary (`/<op>`), timing it for the metrics.
+async fn to_primary(
+    state: &AppState,
+    shard: &str,
+    op: &'static str,
+    method: Method,
+    req: &Value,
+) -> Result<Value, ApiError> {
+    let start = std::time::Instant::now();
+    let result = upstream::to_primary(state, shard, method, &format!("/{op}"), req).await;
+    let outcome = match &result {
+        Ok(_) => "committed".to_owned(),
+        Err(e) => e.status().as_u16().to_string(),
+    };
+    crate::metrics::shard_write(shard, op, &outcome, start.elapsed());
+    result
 }
 
 /// 200 only when every group committed; otherwise the worst failure status, and (when there
@@ -239,14 +267,15 @@ pub async fn update(
     let (plan, key) = {
         let topology = state.topology.borrow().clone();
         let meta = &topology.cluster()?.meta;
-        (plan_update(meta, &body)?, meta.schema.key().to_owned())
+        let plan = plan_update(meta, &body, state.config.max_string_bytes)?;
+        (plan, meta.schema.key().to_owned())
     };
     let mut req = Map::new();
     req.insert("shard".into(), plan.shard.as_str().into());
     req.insert(key.clone(), plan.key.into());
     req.insert("data".into(), plan.row.unwrap_or_default());
     let req = Value::Object(req);
-    upstream::to_primary(&state, plan.shard.as_str(), Method::PUT, "/update", &req).await?;
+    to_primary(&state, plan.shard.as_str(), "update", Method::PUT, &req).await?;
     Ok(Json(json!({
         "message": format!("Data entry for {key}:{} updated", plan.key),
         "status": "success",
@@ -266,7 +295,7 @@ pub async fn delete(
     req.insert("shard".into(), plan.shard.as_str().into());
     req.insert(key.clone(), plan.key.into());
     let req = Value::Object(req);
-    upstream::to_primary(&state, plan.shard.as_str(), Method::DELETE, "/del", &req).await?;
+    to_primary(&state, plan.shard.as_str(), "del", Method::DELETE, &req).await?;
     Ok(Json(json!({
         "message": format!("Data entry with {key}:{} removed from all replicas", plan.key),
         "status": "success",
@@ -297,7 +326,7 @@ pub(crate) mod tests {
     }
 
     fn write_err(body: Value) -> ApiError {
-        plan_write(&a1(), &body, 100).unwrap_err()
+        plan_write(&a1(), &body, 100, 100).unwrap_err()
     }
 
     #[test]
@@ -305,6 +334,7 @@ pub(crate) mod tests {
         let p = plan_write(
             &a1(),
             &json!({"data": [row(9000), row(1), row(2), row(4096)]}),
+            100,
             100,
         )
         .unwrap();
@@ -350,6 +380,9 @@ pub(crate) mod tests {
         );
         let e = write_err(json!({"data": [row(-1)]}));
         assert!(e.message().contains("outside every shard"), "{e}");
+        let long = json!({"Stud_id": 1, "Stud_name": "x".repeat(101), "Stud_marks": 1});
+        let e = write_err(json!({ "data": [long] }));
+        assert!(e.message().contains("the limit is 100"), "{e}");
         let rows: Vec<Value> = (0..101).map(row).collect();
         let e = write_err(json!({ "data": rows }));
         assert!(e.message().contains("at most 100"), "{e}");
@@ -368,10 +401,10 @@ pub(crate) mod tests {
     #[test]
     fn update_and_delete_bodies() {
         let m = a1();
-        let p = plan_update(&m, &json!({"Stud_id": 4097, "data": row(4097)})).unwrap();
+        let p = plan_update(&m, &json!({"Stud_id": 4097, "data": row(4097)}), 100).unwrap();
         assert_eq!(p.shard.as_str(), "sh2");
         assert_eq!(p.row, Some(row(4097)));
-        let err = |v: Value| plan_update(&m, &v).unwrap_err();
+        let err = |v: Value| plan_update(&m, &v, 100).unwrap_err();
         let e = err(json!({"Stud_id": 1, "data": row(2)}));
         assert!(e.message().contains("the key cannot change"), "{e}");
         let e = err(json!({"Stud_id": 1, "data": {"Stud_id": 1, "Stud_name": "A"}}));

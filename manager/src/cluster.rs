@@ -333,6 +333,7 @@ impl<R: Runtime> Cluster<R> {
             shard = %shard, primary = %winner, term, applied = seq,
             elapsed_ms = started.elapsed().as_millis() as u64, "elected primary"
         );
+        metrics::counter!(crate::metrics::ELECTIONS, "shard" => shard.to_string()).increment(1);
         Ok(Some(winner))
     }
 

@@ -11,6 +11,7 @@
 mod admin;
 mod cluster;
 mod metadata;
+mod metrics;
 mod monitor;
 mod runtime;
 
@@ -23,12 +24,14 @@ use clap::Parser;
 
 use crate::cluster::{Cluster, Settings};
 use crate::metadata::MetaStore;
+use crate::runtime::docker::{DockerRuntime, DockerSettings};
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::Runtime;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum RuntimeKind {
     Process,
+    Docker,
 }
 
 /// The shardline manager.
@@ -52,12 +55,25 @@ struct Config {
     /// Where the process runtime keeps one directory per server.
     #[arg(long, env = "SHARDLINE_DATA_DIR", default_value = "./data/servers")]
     data_dir: PathBuf,
-    /// Where shard servers run: `process` (local child processes).
+    /// Where shard servers run: `process` (local child processes) or `docker` (containers).
     #[arg(long, env = "SHARDLINE_RUNTIME", value_enum, default_value = "process")]
     runtime: RuntimeKind,
     /// The shard-server binary (default: next to this executable).
     #[arg(long, env = "SHARDLINE_SERVER_BIN")]
     server_bin: Option<PathBuf>,
+    /// Docker runtime: project name, the prefix of server container names (`<project>-<server>`)
+    /// and the value of the `io.shardline.project` label on everything it creates.
+    #[arg(long, env = "SHARDLINE_DOCKER_PROJECT", default_value = "shardline")]
+    docker_project: String,
+    /// Docker runtime: the user-defined network servers join (default `<project>-net`).
+    #[arg(long, env = "SHARDLINE_DOCKER_NETWORK")]
+    docker_network: Option<String>,
+    /// Docker runtime: the shard-server image (default `shardline-shard-server:<version>`).
+    #[arg(long, env = "SHARDLINE_DOCKER_IMAGE")]
+    docker_image: Option<String>,
+    /// Docker runtime: volume name prefix, one volume per server (default `<project>-data-`).
+    #[arg(long, env = "SHARDLINE_DOCKER_VOLUME_PREFIX")]
+    docker_volume_prefix: Option<String>,
     /// SQLite `synchronous` for the servers: normal or full.
     #[arg(long, env = "SHARDLINE_SQLITE_SYNC", default_value = "normal")]
     sqlite_sync: String,
@@ -121,6 +137,22 @@ async fn main() -> anyhow::Result<()> {
             };
             serve(config, runtime).await
         }
+        RuntimeKind::Docker => {
+            let project = config.docker_project.clone();
+            let runtime = DockerRuntime::connect(DockerSettings {
+                network: (config.docker_network.clone())
+                    .unwrap_or_else(|| format!("{project}-net")),
+                image: (config.docker_image.clone()).unwrap_or_else(|| {
+                    format!("shardline-shard-server:{}", env!("CARGO_PKG_VERSION"))
+                }),
+                volume_prefix: (config.docker_volume_prefix.clone())
+                    .unwrap_or_else(|| format!("{project}-data-")),
+                project,
+                args: server_args,
+            })
+            .await?;
+            serve(config, runtime).await
+        }
     }
 }
 
@@ -173,7 +205,9 @@ async fn serve<R: Runtime>(config: Config, runtime: R) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     println!("LISTENING {addr}");
     tracing::info!(%addr, "manager listening");
-    axum::serve(listener, admin::router(cluster.clone()))
+    let metrics = metrics::install()?;
+    let app = admin::router(cluster.clone()).merge(metrics::router(metrics));
+    axum::serve(listener, app)
         .with_graceful_shutdown(shardline::shutdown::signal())
         .await?;
     if config.stop_servers_on_exit {

@@ -57,6 +57,11 @@ async fn round<R: Runtime>(
         (name.clone(), sv.health, beat)
     }))
     .await;
+    crate::metrics::record_progress(
+        beats
+            .iter()
+            .filter_map(|(n, _, b)| Some((n.as_str(), b.as_ref()?))),
+    );
 
     let mut changes: Vec<(ServerName, Health)> = Vec::new();
     let mut respawn = Vec::new();
@@ -85,6 +90,7 @@ async fn round<R: Runtime>(
                     }
                 }
                 None => {
+                    metrics::counter!(crate::metrics::HEARTBEAT_FAILURES, "server" => name.to_string()).increment(1);
                     w.misses += 1;
                     if w.misses >= settings.dead_after && health != Health::Down {
                         tracing::warn!(server = %name, misses = w.misses, "server missed its heartbeats: down");
@@ -178,6 +184,7 @@ async fn round<R: Runtime>(
 
 async fn respawn_one<R: Runtime>(cluster: &Cluster<R>, name: &ServerName) -> anyhow::Result<()> {
     tracing::info!(server = %name, "respawning");
+    metrics::counter!(crate::metrics::RESPAWNS, "server" => name.to_string()).increment(1);
     let addr = cluster.runtime.spawn(name).await?;
     cluster
         .meta

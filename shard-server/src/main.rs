@@ -10,6 +10,7 @@
 
 mod api;
 mod catchup;
+mod metrics;
 mod replica;
 mod server;
 
@@ -107,9 +108,11 @@ async fn main() -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     println!("LISTENING {addr}");
     tracing::info!(%addr, server = %server.name, "shard-server listening");
-    axum::serve(listener, api::router(server.clone(), config.body_limit))
-        .with_graceful_shutdown(shardline::shutdown::signal())
-        .await?;
+    let metrics = metrics::install()?;
+    let app = api::router(server.clone(), config.body_limit).merge(metrics::router(metrics));
+    // Bounded by the commit timeout: a write in flight either commits or answers 503 by then.
+    let drain = Duration::from_millis(config.commit_timeout_ms) + Duration::from_secs(1);
+    shardline::shutdown::serve(listener, app, drain).await?;
     server.shutdown().await;
     tracing::info!(server = %server.name, "shard-server stopped");
     Ok(())

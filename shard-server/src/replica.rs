@@ -17,16 +17,27 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use futures::{FutureExt, StreamExt};
 use shardline::meta::majority;
 use shardline::names::{ServerName, ShardId};
-use shardline::wal::{self, Applied, WalEntry};
+use shardline::wal::{self, now_ms, Applied, WalEntry, WalOp};
 use shardline::watch::MetaRx;
 use shardline::{ApiError, Seq, Term};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use crate::store::{Outcome, Store};
 
 /// Most entries applied in one SQLite transaction.
 const MAX_BATCH: usize = 1024;
+/// Most client requests a primary folds into one WAL entry (group commit).
+const MAX_OPS_PER_ENTRY: usize = 128;
+/// Most rows a group-committed entry may carry (a single larger request goes alone).
+const MAX_ROWS_PER_ENTRY: usize = 2048;
+
+/// A client request waiting to be appended by the proposer.
+struct Proposal {
+    op: WalOp,
+    term: Term,
+    reply: oneshot::Sender<Result<Outcome, ApiError>>,
+}
 
 pub struct Replica {
     pub shard: ShardId,
@@ -43,6 +54,8 @@ pub struct Replica {
     /// Highest applied sequence announced by each replica of the shard.
     acks: Mutex<HashMap<ServerName, Seq>>,
     acked: Notify,
+    proposals: mpsc::UnboundedSender<Proposal>,
+    commit_timeout: Duration,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -61,8 +74,10 @@ impl Replica {
         js: jetstream::Context,
         nats: async_nats::Client,
         meta: MetaRx,
+        commit_timeout: Duration,
     ) -> anyhow::Result<Arc<Replica>> {
-        let (applied, term) = store.position().await?;
+        let (applied, term) = store.position().await;
+        let (proposals, proposed) = mpsc::unbounded_channel();
         let replica = Arc::new(Replica {
             shard,
             store: Arc::new(store),
@@ -76,9 +91,12 @@ impl Replica {
             pending: Mutex::new(HashMap::new()),
             acks: Mutex::new(HashMap::new()),
             acked: Notify::new(),
+            proposals,
+            commit_timeout,
             tasks: Mutex::new(Vec::new()),
         });
         let tasks = vec![
+            tokio::spawn(replica.clone().propose_forever(proposed)),
             tokio::spawn(replica.clone().follow_acks()),
             tokio::spawn(replica.clone().announce_periodically()),
             tokio::spawn(replica.clone().apply_forever()),
@@ -105,51 +123,142 @@ impl Replica {
         }
     }
 
-    /// Appends `entry` to the log and waits until it is applied here (for its outcome) and
-    /// by a majority of the shard's replicas. The caller has checked that this server is the
-    /// primary for `entry.term`.
-    pub async fn commit(&self, entry: WalEntry, timeout: Duration) -> Result<Outcome, ApiError> {
-        let deadline = Instant::now() + timeout;
-        let id = uuid::Uuid::new_v4().to_string();
-        let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(id.clone(), tx);
-        let result = self.commit_inner(&id, entry, rx, deadline).await;
-        lock(&self.pending).remove(&id);
+    /// Submits one client request (`op`, checked by the caller to come from the primary of
+    /// `term`) and waits until its entry is applied here (for its outcome) and by a majority
+    /// of the shard's replicas. Concurrent requests are folded into one entry.
+    pub async fn propose(&self, op: WalOp, term: Term) -> Result<Outcome, ApiError> {
+        let started = Instant::now();
+        let (reply, rx) = oneshot::channel();
+        let result = match self.proposals.send(Proposal { op, term, reply }) {
+            Err(_) => Err(self.unavailable("the replica is stopping".into())),
+            // The proposer's completion task enforces the commit timeout; this one only
+            // guards against a lost reply.
+            Ok(()) => match tokio::time::timeout(self.commit_timeout * 2, rx).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => {
+                    Err(self.unavailable("the replica stopped while the write was pending".into()))
+                }
+                Err(_) => {
+                    Err(self.unavailable("the write's outcome is unknown (timed out)".into()))
+                }
+            },
+        };
+        let outcome = match &result {
+            Ok(_) => "applied".to_owned(),
+            Err(e) => e.status().as_u16().to_string(),
+        };
+        crate::metrics::commit(self.shard.as_str(), &outcome, started.elapsed());
         result
     }
 
-    async fn commit_inner(
-        &self,
-        id: &str,
-        entry: WalEntry,
-        rx: oneshot::Receiver<(Seq, Outcome)>,
-        deadline: Instant,
-    ) -> Result<Outcome, ApiError> {
-        let shard = &self.shard;
-        let unavailable = |what: String| ApiError::Unavailable(format!("shard {shard}: {what}"));
+    fn unavailable(&self, what: String) -> ApiError {
+        ApiError::Unavailable(format!("shard {}: {what}", self.shard))
+    }
+
+    /// Group commit: takes every request queued since the last append, appends them as one
+    /// entry, and hands the wait for its outcome to a task so the next append can start.
+    async fn propose_forever(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<Proposal>) {
+        let mut carry: Option<Proposal> = None;
+        loop {
+            let first = match carry.take() {
+                Some(p) => p,
+                None => match queue.recv().await {
+                    Some(p) => p,
+                    None => return,
+                },
+            };
+            let term = first.term;
+            let mut rows = op_rows(&first.op);
+            let mut group = vec![first];
+            while group.len() < MAX_OPS_PER_ENTRY && rows < MAX_ROWS_PER_ENTRY {
+                match queue.try_recv() {
+                    Ok(p) if p.term == term && rows + op_rows(&p.op) <= MAX_ROWS_PER_ENTRY => {
+                        rows += op_rows(&p.op);
+                        group.push(p);
+                    }
+                    Ok(p) => {
+                        carry = Some(p);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.append_group(term, group).await;
+        }
+    }
+
+    async fn append_group(self: &Arc<Self>, term: Term, group: Vec<Proposal>) {
+        let (mut ops, replies): (Vec<WalOp>, Vec<_>) =
+            group.into_iter().map(|p| (p.op, p.reply)).unzip();
+        let op = if ops.len() == 1 {
+            ops.pop().expect("one op")
+        } else {
+            WalOp::Batch { ops }
+        };
+        let entry = WalEntry {
+            op,
+            term,
+            by: self.server.to_string(),
+            ts_ms: now_ms(),
+        };
+        let deadline = Instant::now() + self.commit_timeout;
+        let id = uuid::Uuid::new_v4().to_string();
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id.clone(), tx);
+        match self.append(&id, entry, deadline).await {
+            Err(e) => {
+                lock(&self.pending).remove(&id);
+                for r in replies {
+                    let _ = r.send(Err(e.clone()));
+                }
+            }
+            Ok(seq) => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let result = me.complete(seq, rx, deadline).await;
+                    lock(&me.pending).remove(&id);
+                    distribute(result, replies);
+                });
+            }
+        }
+    }
+
+    /// Appends the entry and returns its sequence once JetStream has stored it.
+    async fn append(&self, id: &str, entry: WalEntry, deadline: Instant) -> Result<Seq, ApiError> {
         let publish = PublishMessage::build()
             .payload(entry.encode().into())
             .message_id(id);
         let ack = self
             .js
-            .send_publish(wal::subject(shard), publish)
+            .send_publish(wal::subject(&self.shard), publish)
             .await
-            .map_err(|e| unavailable(format!("the WAL is unreachable: {e}")))?;
+            .map_err(|e| self.unavailable(format!("the WAL is unreachable: {e}")))?;
         let ack = tokio::time::timeout_at(deadline.into(), ack)
             .await
-            .map_err(|_| unavailable("the WAL did not acknowledge the append in time".into()))?
-            .map_err(|e| unavailable(format!("the WAL rejected the append: {e}")))?;
-        let (seq, outcome) = tokio::time::timeout_at(deadline.into(), rx)
+            .map_err(|_| self.unavailable("the WAL did not acknowledge the append in time".into()))?
+            .map_err(|e| self.unavailable(format!("the WAL rejected the append: {e}")))?;
+        Ok(ack.sequence)
+    }
+
+    /// Waits for the appended entry's outcome here and for a majority to have applied it.
+    async fn complete(
+        &self,
+        seq: Seq,
+        rx: oneshot::Receiver<(Seq, Outcome)>,
+        deadline: Instant,
+    ) -> Result<Outcome, ApiError> {
+        let (_, outcome) = tokio::time::timeout_at(deadline.into(), rx)
             .await
             .map_err(|_| {
-                unavailable(format!(
-                    "entry {} was appended but not applied in time; its outcome is unknown",
-                    ack.sequence
+                self.unavailable(format!(
+                    "entry {seq} was appended but not applied in time; its outcome is unknown"
                 ))
             })?
-            .map_err(|_| unavailable("the replica stopped while the write was pending".into()))?;
+            .map_err(|_| {
+                self.unavailable("the replica stopped while the write was pending".into())
+            })?;
         if let Outcome::StaleTerm { entry, current } = outcome {
-            return Err(unavailable(format!(
+            return Err(self.unavailable(format!(
                 "this primary was deposed (entry of term {entry} skipped, the log is at term {current}); retry"
             )));
         }
@@ -191,31 +300,62 @@ impl Replica {
         (have, majority(replicas.len().max(1)))
     }
 
+    /// Records the latest sequence a replica announced. Announcements of one replica arrive
+    /// in order, so the latest is the truth even if it went down (a replica that lost its
+    /// disk must not keep counting for entries it no longer holds).
     fn record_ack(&self, server: ServerName, seq: Seq) {
-        let mut acks = lock(&self.acks);
-        let e = acks.entry(server).or_insert(0);
-        if seq > *e {
-            *e = seq;
-            drop(acks);
+        let previous = lock(&self.acks).insert(server, seq).unwrap_or(0);
+        if seq > previous {
             self.acked.notify_waiters();
         }
     }
 
+    fn is_primary(&self) -> bool {
+        self.meta.borrow().as_ref().is_some_and(|m| {
+            m.shard(self.shard.as_str())
+                .is_some_and(|s| s.primary.as_ref() == Some(&self.server))
+        })
+    }
+
+    /// Only the primary needs the replicas' announcements: it subscribes while it leads, so
+    /// each announcement is delivered once rather than to every replica.
     async fn follow_acks(self: Arc<Self>) {
+        let mut meta = self.meta.clone();
         loop {
-            match self.nats.subscribe(wal::applied_subject(&self.shard)).await {
-                Ok(mut sub) => {
-                    while let Some(msg) = sub.next().await {
-                        if let Ok(a) = serde_json::from_slice::<Applied>(&msg.payload) {
-                            self.record_ack(a.server, a.seq);
+            if !self.is_primary() {
+                if meta.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            let mut sub = match self.nats.subscribe(wal::applied_subject(&self.shard)).await {
+                Ok(sub) => sub,
+                Err(e) => {
+                    tracing::warn!(shard = %self.shard, error = %e, "cannot subscribe to acks");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            loop {
+                tokio::select! {
+                    msg = sub.next() => match msg {
+                        Some(msg) => {
+                            if let Ok(a) = serde_json::from_slice::<Applied>(&msg.payload) {
+                                self.record_ack(a.server, a.seq);
+                            }
+                        }
+                        None => break,
+                    },
+                    changed = meta.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        if !self.is_primary() {
+                            break;
                         }
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(shard = %self.shard, error = %e, "cannot subscribe to acks")
-                }
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -265,7 +405,7 @@ impl Replica {
     async fn apply_stream(&self) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut stream = self.js.get_stream(wal::stream_name(&self.shard)).await?;
-        let (mut applied, _) = self.store.position().await?;
+        let (mut applied, _) = self.store.position().await;
         let target = stream.info().await?.state.last_sequence;
         // The consumer is re-created at every (re)start so that it begins exactly after the
         // sequence stored with the data, whatever position it had before.
@@ -335,6 +475,7 @@ impl Replica {
             if let Some(last) = batch.last() {
                 if !entries.is_empty() {
                     let (seq, term, outcomes) = self.store.apply(&entries).await?;
+                    crate::metrics::applied(self.shard.as_str(), entries.len(), seq);
                     applied = seq;
                     self.applied.store(seq, Ordering::Release);
                     self.term.store(term, Ordering::Release);
@@ -382,4 +523,43 @@ impl Drop for Replica {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Rows an op carries, for sizing a group-committed entry.
+fn op_rows(op: &WalOp) -> usize {
+    match op {
+        WalOp::Insert { rows } => rows.len(),
+        _ => 1,
+    }
+}
+
+/// Hands each request of a group its own outcome.
+fn distribute(
+    result: Result<Outcome, ApiError>,
+    replies: Vec<oneshot::Sender<Result<Outcome, ApiError>>>,
+) {
+    match result {
+        Err(e) => {
+            for r in replies {
+                let _ = r.send(Err(e.clone()));
+            }
+        }
+        Ok(Outcome::Batch(outcomes)) if outcomes.len() == replies.len() => {
+            for (r, o) in replies.into_iter().zip(outcomes) {
+                let _ = r.send(Ok(o));
+            }
+        }
+        Ok(outcome) if replies.len() == 1 => {
+            if let Some(r) = replies.into_iter().next() {
+                let _ = r.send(Ok(outcome));
+            }
+        }
+        Ok(other) => {
+            for r in replies {
+                let _ = r.send(Err(ApiError::Internal(format!(
+                    "a group-committed entry had an unexpected outcome {other:?}"
+                ))));
+            }
+        }
+    }
 }

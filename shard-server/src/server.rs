@@ -118,7 +118,7 @@ impl Server {
             let store = Store::open(&path, &schema, self.sync)
                 .await
                 .map_err(|e| ApiError::Internal(format!("cannot open {}: {e}", path.display())))?;
-            let fresh = store.position().await.map(|p| p.0 == 0).unwrap_or(false);
+            let fresh = store.position().await.0 == 0;
             if fresh {
                 crate::catchup::restore_from_peer(self, shard, &store).await;
             }
@@ -129,6 +129,7 @@ impl Server {
                 self.js.clone(),
                 self.nats.clone(),
                 self.meta.clone(),
+                self.commit_timeout,
             )
             .await
             .map_err(|e| ApiError::Internal(format!("cannot start replica of {shard}: {e}")))?;

@@ -34,16 +34,21 @@ pub enum Outcome {
     Invalid(String),
     /// A term marker.
     NewTerm(Term),
+    /// A group-committed entry: the outcome of each op, in order.
+    Batch(Vec<Outcome>),
 }
 
 /// SQL text prepared once per schema.
 #[derive(Debug)]
 struct Statements {
     insert: String,
+    insert_or_ignore: String,
     update: String,
     delete: String,
     exists: String,
-    range: String,
+    /// The range as one JSON array built by SQLite: one row crosses sqlx's worker channel
+    /// instead of one per record, and nothing is re-encoded in Rust.
+    range_json: String,
     all: String,
 }
 
@@ -58,8 +63,16 @@ impl Statements {
             .map(|c| format!("{c} = ?"))
             .collect::<Vec<_>>()
             .join(", ");
+        // Column names passed the identifier grammar, so they are safe inside '...' too.
+        let pairs = schema
+            .columns
+            .iter()
+            .map(|c| format!("'{}', {}", c.as_str(), c.sql()))
+            .collect::<Vec<_>>()
+            .join(", ");
         Statements {
             insert: format!("INSERT INTO records ({list}) VALUES ({params})"),
+            insert_or_ignore: format!("INSERT OR IGNORE INTO records ({list}) VALUES ({params})"),
             update: if sets.is_empty() {
                 format!("UPDATE records SET {key} = {key} WHERE {key} = ?")
             } else {
@@ -67,19 +80,27 @@ impl Statements {
             },
             delete: format!("DELETE FROM records WHERE {key} = ?"),
             exists: format!("SELECT 1 FROM records WHERE {key} = ?"),
-            range: format!(
-                "SELECT {list} FROM records WHERE {key} >= ? AND {key} <= ? ORDER BY {key}"
+            range_json: format!(
+                "SELECT json_group_array(json_object({pairs}) ORDER BY {key}) \
+                 FROM records WHERE {key} >= ? AND {key} <= ?"
             ),
             all: format!("SELECT {list} FROM records ORDER BY {key}"),
         }
     }
 }
 
+struct Writer {
+    conn: SqliteConnection,
+    applied: Seq,
+    term: Term,
+}
+
 pub struct Store {
     schema: Schema,
     sql: Statements,
-    /// The single writer connection (owned by the applier; serialised by the mutex).
-    writer: tokio::sync::Mutex<SqliteConnection>,
+    /// The single writer connection and the position it has committed (owned by the
+    /// applier; serialised by the mutex).
+    writer: tokio::sync::Mutex<Writer>,
     readers: SqlitePool,
 }
 
@@ -138,6 +159,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        let (applied, term) = read_position(&mut writer).await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
@@ -146,15 +168,19 @@ impl Store {
         Ok(Store {
             schema: schema.clone(),
             sql: Statements::new(schema),
-            writer: tokio::sync::Mutex::new(writer),
+            writer: tokio::sync::Mutex::new(Writer {
+                conn: writer,
+                applied,
+                term,
+            }),
             readers,
         })
     }
 
     /// `(applied_seq, term)` as committed.
-    pub async fn position(&self) -> Result<(Seq, Term), sqlx::Error> {
-        let mut w = self.writer.lock().await;
-        read_position(&mut w).await
+    pub async fn position(&self) -> (Seq, Term) {
+        let w = self.writer.lock().await;
+        (w.applied, w.term)
     }
 
     /// Applies a batch of `(seq, entry)` in one transaction. Entries at or below the stored
@@ -164,8 +190,8 @@ impl Store {
         batch: &[(Seq, Result<WalEntry, String>)],
     ) -> Result<(Seq, Term, Vec<(Seq, Outcome)>), sqlx::Error> {
         let mut w = self.writer.lock().await;
-        let mut tx = w.begin().await?;
-        let (mut applied, mut term) = read_position(&mut tx).await?;
+        let (mut applied, mut term) = (w.applied, w.term);
+        let mut tx = w.conn.begin().await?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for (seq, entry) in batch {
             if *seq <= applied {
@@ -173,7 +199,7 @@ impl Store {
             }
             let outcome = match entry {
                 Err(e) => Outcome::Invalid(e.clone()),
-                Ok(e) => self.apply_one(&mut tx, e, &mut term).await?,
+                Ok(e) => self.apply_entry(&mut tx, e, &mut term).await?,
             };
             applied = *seq;
             outcomes.push((*seq, outcome));
@@ -184,10 +210,11 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        (w.applied, w.term) = (applied, term);
         Ok((applied, term, outcomes))
     }
 
-    async fn apply_one(
+    async fn apply_entry(
         &self,
         tx: &mut SqliteConnection,
         entry: &WalEntry,
@@ -204,12 +231,44 @@ impl Store {
             });
         }
         match &entry.op {
-            WalOp::Term { .. } => unreachable!("handled above"),
+            WalOp::Batch { ops } => {
+                let mut out = Vec::with_capacity(ops.len());
+                for op in ops {
+                    out.push(self.apply_op(tx, op).await?);
+                }
+                Ok(Outcome::Batch(out))
+            }
+            op => self.apply_op(tx, op).await,
+        }
+    }
+
+    async fn apply_op(
+        &self,
+        tx: &mut SqliteConnection,
+        op: &WalOp,
+    ) -> Result<Outcome, sqlx::Error> {
+        match op {
+            WalOp::Term { .. } | WalOp::Batch { .. } => Ok(Outcome::Invalid(
+                "a batch may hold only inserts, updates and deletes".into(),
+            )),
             WalOp::Insert { rows } => {
                 let rows = match self.parse_rows(rows) {
                     Ok(r) => r,
                     Err(e) => return Ok(Outcome::Invalid(e)),
                 };
+                if let [row] = rows.as_slice() {
+                    // One row: a single statement decides (the common case, kept cheap).
+                    let mut q = sqlx::query(&self.sql.insert_or_ignore);
+                    for v in row {
+                        q = bind(q, v);
+                    }
+                    let done = q.execute(&mut *tx).await?;
+                    return Ok(if done.rows_affected() == 0 {
+                        Outcome::Duplicate(vec![key(row)])
+                    } else {
+                        Outcome::Applied
+                    });
+                }
                 let mut dup = Vec::new();
                 let mut seen = std::collections::HashSet::new();
                 for r in &rows {
@@ -292,13 +351,14 @@ impl Store {
         Ok(out)
     }
 
-    pub async fn read_range(&self, low: i64, high: i64) -> Result<Vec<Json>, sqlx::Error> {
-        let rows = sqlx::query(&self.sql.range)
+    /// Rows with `low <= key <= high`, in key order, as one JSON array text.
+    pub async fn read_range_json(&self, low: i64, high: i64) -> Result<String, sqlx::Error> {
+        let row = sqlx::query(&self.sql.range_json)
             .bind(low)
             .bind(high)
-            .fetch_all(&self.readers)
+            .fetch_one(&self.readers)
             .await?;
-        Ok(rows.iter().map(|r| self.to_json(r)).collect())
+        row.try_get::<String, _>(0)
     }
 
     pub async fn read_all(&self) -> Result<Vec<Json>, sqlx::Error> {
@@ -319,7 +379,7 @@ impl Store {
     /// Replaces the whole replica with a snapshot taken elsewhere.
     pub async fn restore(&self, rows: &[Row], seq: Seq, term: Term) -> Result<(), sqlx::Error> {
         let mut w = self.writer.lock().await;
-        let mut tx = w.begin().await?;
+        let mut tx = w.conn.begin().await?;
         sqlx::query("DELETE FROM records").execute(&mut *tx).await?;
         for r in rows {
             let mut q = sqlx::query(&self.sql.insert);
@@ -333,7 +393,9 @@ impl Store {
             .bind(term as i64)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await
+        tx.commit().await?;
+        (w.applied, w.term) = (seq, term);
+        Ok(())
     }
 
     fn to_json(&self, r: &SqliteRow) -> Json {

@@ -1170,4 +1170,7 @@ impl Drop for Cluster {
     }
 }
 pub mod check;
+pub mod python;
 pub mod workload;
+
+pub mod docker;

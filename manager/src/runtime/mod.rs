@@ -1,6 +1,8 @@
 //! Where shard servers run. `Runtime` is implemented by local child processes
-//! ([`process::ProcessRuntime`], the default) and, later, Docker containers.
+//! ([`process::ProcessRuntime`], the default) and Docker containers
+//! ([`docker::DockerRuntime`], through bollard).
 
+pub mod docker;
 pub mod process;
 
 use std::future::Future;

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 use shardline::body::ApiJson;
-use shardline::wal::{now_ms, WalEntry, WalOp};
+use shardline::wal::WalOp;
 use shardline::ApiError;
 
 use super::{configured_schema, key_field, object, only_fields, shard_field};
@@ -64,13 +64,8 @@ pub async fn write(
         return Err(duplicate(&shard, &existing));
     }
     let n = objects.len();
-    let entry = WalEntry {
-        op: WalOp::Insert { rows: objects },
-        term: leader.term,
-        by: s.name.to_string(),
-        ts_ms: now_ms(),
-    };
-    match leader.replica.commit(entry, s.commit_timeout).await? {
+    let op = WalOp::Insert { rows: objects };
+    match leader.replica.propose(op, leader.term).await? {
         Outcome::Applied => Ok(Json(json!({
             "message": format!("{n} Data entries added"),
             "status": "success"
@@ -102,16 +97,11 @@ pub async fn update(
     }
     let leader = s.leader(&shard)?;
     require_existing(&leader, &shard, k).await?;
-    let entry = WalEntry {
-        op: WalOp::Update {
-            key: k,
-            row: schema.row_to_json(&row),
-        },
-        term: leader.term,
-        by: s.name.to_string(),
-        ts_ms: now_ms(),
+    let op = WalOp::Update {
+        key: k,
+        row: schema.row_to_json(&row),
     };
-    match leader.replica.commit(entry, s.commit_timeout).await? {
+    match leader.replica.propose(op, leader.term).await? {
         Outcome::Applied => Ok(Json(json!({
             "message": format!("Data entry for {key}:{k} updated"),
             "status": "success"
@@ -132,13 +122,8 @@ pub async fn delete(
     let k = key_field(&body, &key)?;
     let leader = s.leader(&shard)?;
     require_existing(&leader, &shard, k).await?;
-    let entry = WalEntry {
-        op: WalOp::Delete { key: k },
-        term: leader.term,
-        by: s.name.to_string(),
-        ts_ms: now_ms(),
-    };
-    match leader.replica.commit(entry, s.commit_timeout).await? {
+    let op = WalOp::Delete { key: k };
+    match leader.replica.propose(op, leader.term).await? {
         Outcome::Applied => Ok(Json(json!({
             "message": format!("Data entry with {key}:{k} removed from all replicas"),
             "status": "success"
@@ -179,7 +164,7 @@ fn rejected(shard: &str, outcome: Outcome) -> ApiError {
             ApiError::NotFound(format!("no record with key {k} in shard {shard}"))
         }
         Outcome::Invalid(e) => ApiError::BadRequest(format!("shard {shard}: entry rejected: {e}")),
-        Outcome::StaleTerm { .. } | Outcome::NewTerm(_) | Outcome::Applied => {
+        Outcome::StaleTerm { .. } | Outcome::NewTerm(_) | Outcome::Applied | Outcome::Batch(_) => {
             ApiError::Internal(format!("shard {shard}: unexpected outcome {outcome:?}"))
         }
     }

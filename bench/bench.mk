@@ -1,0 +1,28 @@
+# The benchmark (bench/, crate shardline-bench). Included from the top-level Makefile.
+#
+#   make bench           release build, install nats-server, A1/A2/A3 + sweeps on A1
+#   make bench-durable   the same configurations with --durable (fsync everywhere)
+#   make bench-smoke     a tiny run (300 writes, 300 reads, A1) on the debug binaries; part of `make test`
+#
+# Extra flags: make bench BENCH_ARGS="--configs a1 --clients 50"   (see: shardline-bench --help)
+
+BENCH_ARGS ?=
+BENCH_OUT ?= bench/results
+
+.PHONY: bench bench-durable bench-smoke bench-build
+
+bench-build: nats
+	cargo build --release --workspace --bins
+
+bench: bench-build ## release build + the full benchmark (A1/A2/A3, sweeps); results in bench/results
+	target/release/shardline-bench --sweeps --out $(BENCH_OUT) $(BENCH_ARGS)
+
+bench-durable: bench-build ## the benchmark in durable mode (fsync in JetStream and SQLite)
+	target/release/shardline-bench --durable --out $(BENCH_OUT) $(BENCH_ARGS)
+
+bench-smoke: nats ## tiny benchmark run (a few hundred requests) so the bench never rots
+	cargo build --workspace --bins
+	target/debug/shardline-bench --smoke --bin-dir target/debug --out target/bench-smoke $(BENCH_ARGS)
+
+# `make test` also runs the smoke benchmark.
+test: bench-smoke

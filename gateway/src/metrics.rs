@@ -1,0 +1,116 @@
+//! Prometheus metrics of the gateway, served as text at `GET /metrics`.
+//!
+//! The `metrics` facade records from anywhere (`metrics::counter!` …); the Prometheus recorder
+//! installed here keeps the values and renders them on demand, so the gateway opens no second
+//! listener. Request metrics come from one middleware ([`track`]) labelled with the *route
+//! template* (`/read/{server}`), never the raw path, so a scan of random URLs cannot blow up
+//! the number of series.
+//!
+//! Series:
+//! - `shardline_gateway_requests_total{endpoint, method, status}`
+//! - `shardline_gateway_request_duration_seconds{endpoint, method, status}` (histogram)
+//! - `shardline_gateway_shard_write_duration_seconds{shard, op, outcome}` (histogram): one
+//!   shard group sent to its primary until committed (or failed)
+//! - `shardline_gateway_retries_total{shard, reason}`: a write re-sent to another primary,
+//!   or a read re-tried on another replica
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::router::AppState;
+
+pub const REQUESTS: &str = "shardline_gateway_requests_total";
+pub const REQUEST_SECONDS: &str = "shardline_gateway_request_duration_seconds";
+pub const SHARD_WRITE_SECONDS: &str = "shardline_gateway_shard_write_duration_seconds";
+pub const RETRIES: &str = "shardline_gateway_retries_total";
+
+/// Latency buckets from 1 ms to 30 s: a local read is ~1 ms, a write waits for a majority
+/// (a few ms), an /init spawns processes (seconds).
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Installs the process-wide recorder. Call once, before serving.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets(BUCKETS)?
+        .install_recorder()?;
+    metrics::describe_counter!(
+        REQUESTS,
+        "HTTP requests answered, by route template and status"
+    );
+    metrics::describe_histogram!(
+        REQUEST_SECONDS,
+        metrics::Unit::Seconds,
+        "HTTP request latency, by route template and status"
+    );
+    metrics::describe_histogram!(
+        SHARD_WRITE_SECONDS,
+        metrics::Unit::Seconds,
+        "Latency of one shard's group of a write, sent to its primary until committed"
+    );
+    metrics::describe_counter!(
+        RETRIES,
+        "Requests re-sent after a primary refused or a replica failed"
+    );
+    // Histograms are kept in rolling windows that must be drained now and then.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+/// Counts and times every request under its route template.
+pub async fn track(req: Request, next: Next) -> Response {
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        // Unknown routes share one label rather than one series per probed URL.
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let start = Instant::now();
+    let response = next.run(req).await;
+    let labels = [
+        ("endpoint", endpoint),
+        ("method", method),
+        ("status", response.status().as_u16().to_string()),
+    ];
+    metrics::counter!(REQUESTS, &labels).increment(1);
+    metrics::histogram!(REQUEST_SECONDS, &labels).record(start.elapsed().as_secs_f64());
+    response
+}
+
+/// `GET /metrics`: the Prometheus text exposition format.
+pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+}
+
+/// Records how long one shard group of a write/update/delete took, and how it ended.
+pub fn shard_write(shard: &str, op: &'static str, outcome: &str, elapsed: Duration) {
+    metrics::histogram!(
+        SHARD_WRITE_SECONDS,
+        "shard" => shard.to_owned(),
+        "op" => op,
+        "outcome" => outcome.to_owned(),
+    )
+    .record(elapsed.as_secs_f64());
+}
+
+pub fn retry(shard: &str, reason: &'static str) {
+    metrics::counter!(RETRIES, "shard" => shard.to_owned(), "reason" => reason).increment(1);
+}
