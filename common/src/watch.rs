@@ -14,9 +14,12 @@ use crate::meta::{ClusterMeta, META_BUCKET, META_KEY};
 /// `None` until the cluster is configured (or after it was torn down).
 pub type MetaRx = watch::Receiver<Option<Arc<ClusterMeta>>>;
 
-/// Opens the metadata bucket, creating it when it does not exist yet (creation with the same
-/// configuration is idempotent, so racing components agree).
-pub async fn open_bucket(js: &jetstream::Context) -> Result<kv::Store, async_nats::Error> {
+/// Opens the metadata bucket, creating it when it does not exist yet, replicated on
+/// `replicas` NATS nodes. Only the manager creates it; watchers wait for it to exist.
+pub async fn open_bucket(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<kv::Store, async_nats::Error> {
     match js.get_key_value(META_BUCKET).await {
         Ok(store) => Ok(store),
         Err(_) => Ok(js
@@ -25,6 +28,7 @@ pub async fn open_bucket(js: &jetstream::Context) -> Result<kv::Store, async_nat
                 description: "shardline cluster metadata, written only by the manager".into(),
                 history: 10,
                 storage: jetstream::stream::StorageType::File,
+                num_replicas: replicas,
                 ..Default::default()
             })
             .await?),
@@ -66,7 +70,8 @@ async fn follow(
     js: &jetstream::Context,
     tx: &watch::Sender<Option<Arc<ClusterMeta>>>,
 ) -> Result<(), async_nats::Error> {
-    let store = open_bucket(js).await?;
+    // Until the manager has created the bucket this fails and the caller retries.
+    let store = js.get_key_value(META_BUCKET).await?;
     // The watch only delivers changes made after it starts when the key has no history, so
     // read the current value first.
     let current = store.entry(META_KEY).await?;

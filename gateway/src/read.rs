@@ -5,9 +5,13 @@ use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::Bytes;
 use reqwest::Method;
-use serde_json::{json, Map, Value};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 use shardline::body::ApiJson;
 use shardline::meta::ClusterMeta;
 use shardline::names::{ServerName, ShardId};
@@ -85,7 +89,7 @@ pub fn plan(meta: &ClusterMeta, body: &Value) -> Result<ReadPlan, ApiError> {
 pub async fn read(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<Value>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let topology = state.topology.borrow().clone();
     let cluster = topology.cluster()?;
     let plan = plan(&cluster.meta, &body)?;
@@ -94,23 +98,48 @@ pub async fn read(
         .parts
         .iter()
         .map(|part| read_part(&state, cluster, key, part, plan.consistency));
-    let mut data = Vec::new();
-    for rows in futures::future::try_join_all(reads).await? {
-        data.extend(rows);
+    let answers = futures::future::try_join_all(reads).await?;
+    // The servers' rows are spliced into the answer as they came, not decoded and
+    // re-encoded: only their boundaries are parsed.
+    let mut rows: Vec<&RawValue> = Vec::new();
+    for (answer, part) in answers.iter().zip(&plan.parts) {
+        let parsed: RawRows = serde_json::from_slice(answer).map_err(|e| {
+            ApiError::Unavailable(format!(
+                "shard {}: the replica answered badly: {e}",
+                part.shard
+            ))
+        })?;
+        rows.extend(parsed.data);
     }
     // A cap rather than pagination: keys are dense integers, so a client narrows the range.
     let max = state.config.max_read_rows;
-    if data.len() > max {
+    if rows.len() > max {
         return Err(bad(format!(
             "the `{key}` range matched {} rows; at most {max} are returned by one /read \
              (SHARDLINE_MAX_READ_ROWS): read a narrower range",
-            data.len()
+            rows.len()
         )));
     }
     let queried: Vec<&str> = plan.parts.iter().map(|p| p.shard.as_str()).collect();
-    Ok(Json(
-        json!({"shards_queried": queried, "data": data, "status": "success"}),
-    ))
+    let mut out = String::with_capacity(answers.iter().map(|a| a.len()).sum::<usize>() + 64);
+    out.push_str(r#"{"shards_queried":"#);
+    out.push_str(&serde_json::to_string(&queried).unwrap_or_else(|_| "[]".into()));
+    out.push_str(r#","data":["#);
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(row.get());
+    }
+    out.push_str(r#"],"status":"success"}"#);
+    Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
+}
+
+/// A server's `/read` answer with each row left as raw JSON.
+#[derive(serde::Deserialize)]
+struct RawRows<'a> {
+    #[serde(borrow)]
+    data: Vec<&'a RawValue>,
 }
 
 /// Reads one shard's part from one replica; a replica that fails is replaced by the next live
@@ -121,7 +150,7 @@ async fn read_part(
     key: &str,
     part: &ShardRange,
     consistency: Consistency,
-) -> Result<Vec<Value>, ApiError> {
+) -> Result<Bytes, ApiError> {
     let shard = part.shard.as_str();
     let mut range = Map::new();
     range.insert("low".into(), part.low.into());
@@ -133,7 +162,7 @@ async fn read_part(
 
     if consistency == Consistency::Primary {
         let answer = upstream::to_primary(state, shard, Method::POST, "/read", &req).await?;
-        return rows_of(answer).map_err(|e| {
+        return serde_json::to_vec(&answer).map(Bytes::from).map_err(|e| {
             ApiError::Unavailable(format!("shard {shard}: primary answered badly: {e}"))
         });
     }
@@ -167,25 +196,17 @@ async fn fetch(
     cluster: &Cluster,
     server: &ServerName,
     req: &Value,
-) -> Result<Vec<Value>, CallError> {
+) -> Result<Bytes, CallError> {
     let target = cluster
         .target(server.as_str())
         .ok_or_else(|| CallError::Connect(format!("server {server} has no address")))?;
-    let answer = upstream::call(
+    upstream::call_raw(
         &state.http,
         Method::POST,
         &upstream::url(&target.addr, "/read"),
         Some(req),
     )
-    .await?;
-    rows_of(answer).map_err(CallError::Transport)
-}
-
-fn rows_of(mut answer: Value) -> Result<Vec<Value>, String> {
-    match answer.get_mut("data").map(Value::take) {
-        Some(Value::Array(rows)) => Ok(rows),
-        _ => Err("the answer has no `data` array".into()),
-    }
+    .await
 }
 
 fn read_error(shard: &str, server: &ServerName, e: CallError) -> ApiError {
@@ -229,6 +250,7 @@ pub async fn read_server(
 mod tests {
     use super::*;
     use crate::write::tests::a1;
+    use serde_json::json;
 
     fn msg(body: Value) -> String {
         plan(&a1(), &body).unwrap_err().message()

@@ -49,6 +49,22 @@ pub async fn call(
     url: &str,
     body: Option<&Value>,
 ) -> Result<Value, CallError> {
+    let bytes = call_raw(http, method, url, body).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| CallError::Transport(format!("the answer is not valid JSON: {e}")))
+}
+
+/// Sends one request with an optional JSON body and returns a successful answer's bytes
+/// undecoded (for answers the gateway only passes on).
+pub async fn call_raw(
+    http: &reqwest::Client,
+    method: Method,
+    url: &str,
+    body: Option<&Value>,
+) -> Result<bytes::Bytes, CallError> {
     let mut req = http.request(method, url);
     if let Some(body) = body {
         req = req.json(body);
@@ -68,11 +84,7 @@ pub async fn call(
     if !status.is_success() {
         return Err(CallError::Status(error_from(status.as_u16(), &bytes)));
     }
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(json!({}));
-    }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| CallError::Transport(format!("the answer is not valid JSON: {e}")))
+    Ok(bytes)
 }
 
 /// The error a failure answer stands for, keeping its message (and a 421's primary).

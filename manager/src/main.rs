@@ -165,7 +165,7 @@ async fn serve<R: Runtime>(config: Config, runtime: R) -> anyhow::Result<()> {
         .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
     let js = async_nats::jetstream::new(nats);
     let meta = loop {
-        match MetaStore::open(&js).await {
+        match MetaStore::open(&js, config.stream_replicas).await {
             Ok(m) => break m,
             Err(e) => {
                 tracing::warn!(error = %e, "metadata bucket not reachable yet; retrying");
@@ -207,9 +207,8 @@ async fn serve<R: Runtime>(config: Config, runtime: R) -> anyhow::Result<()> {
     tracing::info!(%addr, "manager listening");
     let metrics = metrics::install()?;
     let app = admin::router(cluster.clone()).merge(metrics::router(metrics));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shardline::shutdown::signal())
-        .await?;
+    // An admin call in flight (an /init waiting for catch-up) gets a few seconds, not forever.
+    shardline::shutdown::serve(listener, app, Duration::from_secs(5)).await?;
     if config.stop_servers_on_exit {
         cluster.runtime.shutdown().await;
     }

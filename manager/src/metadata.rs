@@ -16,8 +16,11 @@ pub struct MetaStore {
 }
 
 impl MetaStore {
-    pub async fn open(js: &jetstream::Context) -> Result<MetaStore, async_nats::Error> {
-        let kv = shardline::watch::open_bucket(js).await?;
+    pub async fn open(
+        js: &jetstream::Context,
+        replicas: usize,
+    ) -> Result<MetaStore, async_nats::Error> {
+        let kv = shardline::watch::open_bucket(js, replicas).await?;
         let store = MetaStore {
             kv,
             cached: Mutex::new((None, 0)),

@@ -3,10 +3,12 @@
 //!
 //! Applying is deterministic: the outcome of an entry depends only on the entry and the rows.
 
+use std::fmt::Write as _;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde_json::{Map, Value as Json};
 use shardline::schema::{Dtype, Row, Schema, Value};
 use shardline::wal::{WalEntry, WalOp};
@@ -190,6 +192,23 @@ impl Store {
         batch: &[(Seq, Result<WalEntry, String>)],
     ) -> Result<(Seq, Term, Vec<(Seq, Outcome)>), sqlx::Error> {
         let mut w = self.writer.lock().await;
+        let fast = batch
+            .iter()
+            .all(|(_, e)| e.as_ref().map_or(true, |e| !has_multi_row_insert(&e.op)));
+        if fast {
+            self.apply_in_one_round_trip(&mut w, batch).await
+        } else {
+            self.apply_step_by_step(&mut w, batch).await
+        }
+    }
+
+    /// The general path: one statement per round trip to sqlx's SQLite worker, so a
+    /// multi-row insert can check its keys before writing any of them.
+    async fn apply_step_by_step(
+        &self,
+        w: &mut Writer,
+        batch: &[(Seq, Result<WalEntry, String>)],
+    ) -> Result<(Seq, Term, Vec<(Seq, Outcome)>), sqlx::Error> {
         let (mut applied, mut term) = (w.applied, w.term);
         let mut tx = w.conn.begin().await?;
         let mut outcomes = Vec::with_capacity(batch.len());
@@ -212,6 +231,160 @@ impl Store {
         tx.commit().await?;
         (w.applied, w.term) = (applied, term);
         Ok((applied, term, outcomes))
+    }
+
+    /// The common path (single-row inserts, updates, deletes): the whole batch, from BEGIN
+    /// to COMMIT, is one multi-statement query, so it crosses to sqlx's SQLite worker thread
+    /// once instead of once per statement. Each DML statement's change count (one result
+    /// per statement, in order) decides its op's outcome exactly as the general path would.
+    async fn apply_in_one_round_trip(
+        &self,
+        w: &mut Writer,
+        batch: &[(Seq, Result<WalEntry, String>)],
+    ) -> Result<(Seq, Term, Vec<(Seq, Outcome)>), sqlx::Error> {
+        let (mut applied, mut term) = (w.applied, w.term);
+        let mut sql = String::from("BEGIN;");
+        // Per entry: its sequence and either a final outcome or the DML ops it runs.
+        let mut plan: Vec<(Seq, Planned)> = Vec::with_capacity(batch.len());
+        for (seq, entry) in batch {
+            if *seq <= applied {
+                continue;
+            }
+            applied = *seq;
+            let e = match entry {
+                Err(e) => {
+                    plan.push((*seq, Planned::Done(Outcome::Invalid(e.clone()))));
+                    continue;
+                }
+                Ok(e) => e,
+            };
+            if let WalOp::Term { .. } = e.op {
+                term = e.term;
+                plan.push((*seq, Planned::Done(Outcome::NewTerm(e.term))));
+                continue;
+            }
+            if e.term != term {
+                let stale = Outcome::StaleTerm {
+                    entry: e.term,
+                    current: term,
+                };
+                plan.push((*seq, Planned::Done(stale)));
+                continue;
+            }
+            let planned = match &e.op {
+                WalOp::Batch { ops } => {
+                    Planned::Batch(ops.iter().map(|op| self.plan_op(op, &mut sql)).collect())
+                }
+                op => Planned::One(self.plan_op(op, &mut sql)),
+            };
+            plan.push((*seq, planned));
+        }
+        sql.push_str(&format!(
+            "UPDATE replica_state SET applied_seq = {applied}, term = {term} WHERE id = 1; COMMIT;"
+        ));
+        let results: Result<Vec<u64>, sqlx::Error> = sqlx::raw_sql(&sql)
+            .fetch_many(&mut w.conn)
+            .filter_map(|r| async move {
+                match r {
+                    Ok(sqlx::Either::Left(done)) => Some(Ok(done.rows_affected())),
+                    Ok(sqlx::Either::Right(_)) => None,
+                    Err(e) => Some(Err(e)),
+                }
+            })
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect();
+        let changes = match results {
+            Ok(c) => c,
+            Err(e) => {
+                // Leave no transaction open behind a failed statement.
+                let _ = sqlx::query("ROLLBACK").execute(&mut w.conn).await;
+                return Err(e);
+            }
+        };
+        // BEGIN, one per DML op, the position update, COMMIT.
+        let mut dml = changes
+            .get(1..changes.len().saturating_sub(2))
+            .unwrap_or(&[])
+            .iter();
+        let mut next = |op: &PlannedOp| match op {
+            PlannedOp::Done(o) => Ok(o.clone()),
+            PlannedOp::Dml(kind) => dml.next().map(|n| kind.outcome(*n)).ok_or_else(|| {
+                sqlx::Error::Protocol("fewer statement results than statements".into())
+            }),
+        };
+        let mut outcomes = Vec::with_capacity(plan.len());
+        for (seq, p) in &plan {
+            let o = match p {
+                Planned::Done(o) => o.clone(),
+                Planned::One(op) => next(op)?,
+                Planned::Batch(ops) => {
+                    Outcome::Batch(ops.iter().map(&mut next).collect::<Result<_, _>>()?)
+                }
+            };
+            outcomes.push((*seq, o));
+        }
+        (w.applied, w.term) = (applied, term);
+        Ok((applied, term, outcomes))
+    }
+
+    /// Appends the statement of one op (never a multi-row insert) to `sql`, values written
+    /// as literals: integers in decimal, text as a hex blob cast to TEXT, so no value can
+    /// change the statement whatever bytes it holds.
+    fn plan_op(&self, op: &WalOp, sql: &mut String) -> PlannedOp {
+        let invalid = |e: String| PlannedOp::Done(Outcome::Invalid(e));
+        let cols = &self.schema.columns;
+        let key_col = cols[0].sql();
+        match op {
+            WalOp::Term { .. } | WalOp::Batch { .. } => {
+                invalid("a batch may hold only inserts, updates and deletes".into())
+            }
+            WalOp::Insert { rows } => {
+                let row = match self.parse_rows(rows) {
+                    Ok(mut r) if r.len() == 1 => r.pop().expect("one row"),
+                    Ok(_) => {
+                        return invalid("multi-row insert on the single-statement path".into())
+                    }
+                    Err(e) => return invalid(e),
+                };
+                let values: Vec<String> = row.iter().map(literal).collect();
+                let list: Vec<String> = cols.iter().map(|c| c.sql()).collect();
+                sql.push_str(&format!(
+                    "INSERT OR IGNORE INTO records ({}) VALUES ({});",
+                    list.join(", "),
+                    values.join(", ")
+                ));
+                PlannedOp::Dml(Dml::Insert(key(&row)))
+            }
+            WalOp::Update { key: k, row } => {
+                let row = match self
+                    .schema
+                    .parse_row(&Json::Object(row.clone()), usize::MAX)
+                {
+                    Ok(r) if key(&r) == *k => r,
+                    Ok(_) => return invalid("row key differs from entry key".into()),
+                    Err(e) => return invalid(e),
+                };
+                let sets: Vec<String> = cols
+                    .iter()
+                    .zip(&row)
+                    .skip(1)
+                    .map(|(c, v)| format!("{} = {}", c.sql(), literal(v)))
+                    .collect();
+                let sets = if sets.is_empty() {
+                    format!("{key_col} = {key_col}")
+                } else {
+                    sets.join(", ")
+                };
+                sql.push_str(&format!("UPDATE records SET {sets} WHERE {key_col} = {k};"));
+                PlannedOp::Dml(Dml::Update(*k))
+            }
+            WalOp::Delete { key: k } => {
+                sql.push_str(&format!("DELETE FROM records WHERE {key_col} = {k};"));
+                PlannedOp::Dml(Dml::Delete(*k))
+            }
+        }
     }
 
     async fn apply_entry(
@@ -421,6 +594,58 @@ impl Store {
     }
 }
 
+enum Planned {
+    Done(Outcome),
+    One(PlannedOp),
+    Batch(Vec<PlannedOp>),
+}
+
+enum PlannedOp {
+    Done(Outcome),
+    Dml(Dml),
+}
+
+/// A planned statement and how its change count turns into an outcome.
+enum Dml {
+    Insert(i64),
+    Update(i64),
+    Delete(i64),
+}
+
+impl Dml {
+    fn outcome(&self, changes: u64) -> Outcome {
+        match (self, changes) {
+            (_, n) if n > 0 => Outcome::Applied,
+            (Dml::Insert(k), _) => Outcome::Duplicate(vec![*k]),
+            (Dml::Update(k) | Dml::Delete(k), _) => Outcome::Missing(*k),
+        }
+    }
+}
+
+fn has_multi_row_insert(op: &WalOp) -> bool {
+    match op {
+        WalOp::Insert { rows } => rows.len() > 1,
+        WalOp::Batch { ops } => ops.iter().any(has_multi_row_insert),
+        _ => false,
+    }
+}
+
+/// A value as an SQL literal that cannot alter the statement it is spliced into.
+fn literal(v: &Value) -> String {
+    match v {
+        Value::Int(i) => i.to_string(),
+        Value::Text(t) => {
+            let mut out = String::with_capacity(t.len() * 2 + 20);
+            out.push_str("CAST(X'");
+            for b in t.as_bytes() {
+                let _ = write!(out, "{b:02X}");
+            }
+            out.push_str("' AS TEXT)");
+            out
+        }
+    }
+}
+
 fn key(r: &Row) -> i64 {
     match r[0] {
         Value::Int(k) => k,
@@ -445,4 +670,166 @@ async fn read_position(conn: &mut SqliteConnection) -> Result<(Seq, Term), sqlx:
         row.try_get::<i64, _>(0)? as Seq,
         row.try_get::<i64, _>(1)? as Term,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use shardline::schema::SchemaSpec;
+
+    fn schema() -> Schema {
+        Schema::parse(&SchemaSpec {
+            columns: vec!["Stud_id".into(), "Stud_name".into(), "Stud_marks".into()],
+            dtypes: vec!["Number".into(), "String".into(), "Number".into()],
+        })
+        .unwrap()
+    }
+
+    fn entry(op: WalOp, term: Term) -> Result<WalEntry, String> {
+        Ok(WalEntry {
+            op,
+            term,
+            by: "t".into(),
+            ts_ms: 0,
+        })
+    }
+
+    fn insert(k: i64, name: &str) -> WalOp {
+        WalOp::Insert {
+            rows: vec![json!({"Stud_id": k, "Stud_name": name, "Stud_marks": 1})
+                .as_object()
+                .unwrap()
+                .clone()],
+        }
+    }
+
+    /// The one-round-trip path and the statement-by-statement path must agree on every
+    /// outcome and leave the same rows: hostile strings included.
+    #[tokio::test]
+    async fn both_apply_paths_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let nasty = "it's \"quoted\"; DROP TABLE records; --\u{0}é✓";
+        let batch = vec![
+            (
+                1,
+                entry(
+                    WalOp::Term {
+                        primary: shardline::names::ServerName::parse("s").unwrap(),
+                    },
+                    1,
+                ),
+            ),
+            (2, entry(insert(1, nasty), 1)),
+            (3, entry(insert(1, "dup"), 1)),
+            (
+                4,
+                entry(
+                    WalOp::Batch {
+                        ops: vec![insert(2, "b"), insert(2, "again"), WalOp::Delete { key: 9 }],
+                    },
+                    1,
+                ),
+            ),
+            (
+                5,
+                entry(
+                    WalOp::Update {
+                        key: 2,
+                        row: json!({"Stud_id": 2, "Stud_name": "b'2", "Stud_marks": -3})
+                            .as_object()
+                            .unwrap()
+                            .clone(),
+                    },
+                    1,
+                ),
+            ),
+            (
+                6,
+                entry(
+                    WalOp::Update {
+                        key: 7,
+                        row: json!({"Stud_id": 7, "Stud_name": "x", "Stud_marks": 0})
+                            .as_object()
+                            .unwrap()
+                            .clone(),
+                    },
+                    1,
+                ),
+            ),
+            (7, entry(insert(3, "stale"), 0)),
+            (8, Err("garbage".to_string())),
+            (9, entry(WalOp::Delete { key: 1 }, 1)),
+            (10, entry(insert(4, "four"), 1)),
+        ];
+        let mut results = Vec::new();
+        for fast in [true, false] {
+            let store = Store::open(
+                &dir.path().join(format!("{fast}.db")),
+                &schema(),
+                Sync::Normal,
+            )
+            .await
+            .unwrap();
+            let mut w = store.writer.lock().await;
+            let out = if fast {
+                store.apply_in_one_round_trip(&mut w, &batch).await.unwrap()
+            } else {
+                store.apply_step_by_step(&mut w, &batch).await.unwrap()
+            };
+            drop(w);
+            assert_eq!((out.0, out.1), (10, 1));
+            let rows = store.read_all().await.unwrap();
+            results.push((out.2, rows));
+        }
+        assert_eq!(results[0], results[1]);
+        let (outcomes, rows) = &results[0];
+        assert_eq!(outcomes[2].1, Outcome::Duplicate(vec![1]));
+        assert_eq!(
+            outcomes[3].1,
+            Outcome::Batch(vec![
+                Outcome::Applied,
+                Outcome::Duplicate(vec![2]),
+                Outcome::Missing(9)
+            ])
+        );
+        assert_eq!(outcomes[5].1, Outcome::Missing(7));
+        assert!(matches!(
+            outcomes[6].1,
+            Outcome::StaleTerm {
+                entry: 0,
+                current: 1
+            }
+        ));
+        assert_eq!(
+            rows,
+            &vec![
+                json!({"Stud_id": 2, "Stud_name": "b'2", "Stud_marks": -3}),
+                json!({"Stud_id": 4, "Stud_name": "four", "Stud_marks": 1}),
+            ]
+        );
+        // A row with the hostile name survives the round trip byte for byte.
+        let store = Store::open(&dir.path().join("n.db"), &schema(), Sync::Normal)
+            .await
+            .unwrap();
+        let mut w = store.writer.lock().await;
+        store
+            .apply_in_one_round_trip(&mut w, &[(1, entry(insert(5, nasty), 0))])
+            .await
+            .unwrap();
+        drop(w);
+        assert_eq!(
+            store.read_all().await.unwrap()[0]["Stud_name"],
+            json!(nasty)
+        );
+        assert_eq!(
+            store
+                .read_range_json(0, 10)
+                .await
+                .unwrap()
+                .matches("DROP TABLE")
+                .count(),
+            1
+        );
+    }
 }
