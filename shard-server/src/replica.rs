@@ -188,6 +188,10 @@ impl Replica {
     }
 
     async fn append_group(self: &Arc<Self>, term: Term, group: Vec<Proposal>) {
+        let group = self.refuse_doomed(group).await;
+        if group.is_empty() {
+            return;
+        }
         let (mut ops, replies): (Vec<WalOp>, Vec<_>) =
             group.into_iter().map(|p| (p.op, p.reply)).unzip();
         let op = if ops.len() == 1 {
@@ -221,6 +225,44 @@ impl Replica {
                 });
             }
         }
+    }
+
+    /// Answers, without touching the log, the requests that applying would reject: inserts
+    /// of keys that exist and updates/deletes of keys that do not. One query covers the
+    /// whole group. (Applying stays authoritative; this only keeps rejects out of the WAL.)
+    async fn refuse_doomed(&self, group: Vec<Proposal>) -> Vec<Proposal> {
+        let keys: Vec<i64> = group.iter().flat_map(|p| op_keys(&p.op)).collect();
+        let existing: std::collections::HashSet<i64> = match self.store.existing(&keys).await {
+            Ok(found) => found.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(shard = %self.shard, error = %e, "pre-check failed; appending as is");
+                return group;
+            }
+        };
+        let mut keep = Vec::with_capacity(group.len());
+        for p in group {
+            let verdict = match &p.op {
+                WalOp::Insert { .. } => {
+                    let mut dup: Vec<i64> = op_keys(&p.op)
+                        .into_iter()
+                        .filter(|k| existing.contains(k))
+                        .collect();
+                    dup.sort_unstable();
+                    (!dup.is_empty()).then_some(Outcome::Duplicate(dup))
+                }
+                WalOp::Update { key, .. } | WalOp::Delete { key } => {
+                    (!existing.contains(key)).then_some(Outcome::Missing(*key))
+                }
+                _ => None,
+            };
+            match verdict {
+                Some(outcome) => {
+                    let _ = p.reply.send(Ok(outcome));
+                }
+                None => keep.push(p),
+            }
+        }
+        keep
     }
 
     /// Appends the entry and returns its sequence once JetStream has stored it.
@@ -523,6 +565,18 @@ impl Drop for Replica {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Keys an op names (inserted rows' keys, or the updated/deleted key).
+fn op_keys(op: &WalOp) -> Vec<i64> {
+    match op {
+        WalOp::Insert { rows } => rows
+            .iter()
+            .filter_map(|r| r.values().next().and_then(serde_json::Value::as_i64))
+            .collect(),
+        WalOp::Update { key, .. } | WalOp::Delete { key } => vec![*key],
+        _ => Vec::new(),
+    }
 }
 
 /// Rows an op carries, for sizing a group-committed entry.

@@ -514,14 +514,21 @@ impl Store {
 
     /// Keys among `keys` that exist now (a fast pre-check; the apply is authoritative).
     pub async fn existing(&self, keys: &[i64]) -> Result<Vec<i64>, sqlx::Error> {
-        let mut conn = self.readers.acquire().await?;
-        let mut out = Vec::new();
-        for k in keys {
-            if self.exists(&mut conn, *k).await? {
-                out.push(*k);
-            }
+        if keys.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        // One query for the whole list (integers only, so literals are safe).
+        let list: Vec<String> = keys.iter().map(i64::to_string).collect();
+        let sql = format!(
+            "SELECT {key} FROM records WHERE {key} IN ({})",
+            list.join(","),
+            key = self.schema.columns[0].sql()
+        );
+        let rows = sqlx::query(&sql)
+            .persistent(false)
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter().map(|r| r.try_get::<i64, _>(0)).collect()
     }
 
     /// Rows with `low <= key <= high`, in key order, as one JSON array text.

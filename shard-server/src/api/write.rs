@@ -11,7 +11,7 @@ use shardline::wal::WalOp;
 use shardline::ApiError;
 
 use super::{configured_schema, key_field, object, only_fields, shard_field};
-use crate::server::{Leader, Server};
+use crate::server::Server;
 use crate::store::Outcome;
 
 pub async fn write(
@@ -29,7 +29,6 @@ pub async fn write(
     if rows.is_empty() {
         return Err(ApiError::BadRequest("field `data` is empty".into()));
     }
-    let mut keys = Vec::with_capacity(rows.len());
     let mut objects = Vec::with_capacity(rows.len());
     let sm = s.current_meta();
     let range = sm.as_ref().and_then(|m| m.shard(&shard).cloned());
@@ -50,19 +49,9 @@ pub async fn write(
                 )));
             }
         }
-        keys.push(k);
         objects.push(schema.row_to_json(&row));
     }
     let leader = s.leader(&shard)?;
-    let existing = leader
-        .replica
-        .store
-        .existing(&keys)
-        .await
-        .map_err(|e| ApiError::Internal(format!("shard {shard}: {e}")))?;
-    if !existing.is_empty() {
-        return Err(duplicate(&shard, &existing));
-    }
     let n = objects.len();
     let op = WalOp::Insert { rows: objects };
     match leader.replica.propose(op, leader.term).await? {
@@ -96,7 +85,6 @@ pub async fn update(
         )));
     }
     let leader = s.leader(&shard)?;
-    require_existing(&leader, &shard, k).await?;
     let op = WalOp::Update {
         key: k,
         row: schema.row_to_json(&row),
@@ -121,7 +109,6 @@ pub async fn delete(
     let shard = shard_field(&body)?;
     let k = key_field(&body, &key)?;
     let leader = s.leader(&shard)?;
-    require_existing(&leader, &shard, k).await?;
     let op = WalOp::Delete { key: k };
     match leader.replica.propose(op, leader.term).await? {
         Outcome::Applied => Ok(Json(json!({
@@ -130,23 +117,6 @@ pub async fn delete(
         }))),
         other => Err(rejected(&shard, other)),
     }
-}
-
-/// An update or delete of a key the primary does not hold is answered without touching the
-/// log (the apply would reject it anyway; this keeps rejected requests out of the WAL).
-async fn require_existing(leader: &Leader, shard: &str, k: i64) -> Result<(), ApiError> {
-    let found = leader
-        .replica
-        .store
-        .existing(&[k])
-        .await
-        .map_err(|e| ApiError::Internal(format!("shard {shard}: {e}")))?;
-    if found.is_empty() {
-        return Err(ApiError::NotFound(format!(
-            "no record with key {k} in shard {shard}"
-        )));
-    }
-    Ok(())
 }
 
 fn duplicate(shard: &str, keys: &[i64]) -> ApiError {
