@@ -105,17 +105,18 @@ impl Cluster {
         self.target(name.as_str())
     }
 
-    /// Every shard has a primary that is a known server.
+    /// Every shard has a primary that is a known server marked up.
     pub fn ready(&self) -> Result<(), String> {
-        match self
-            .meta
-            .shards
-            .iter()
-            .find(|s| self.primary(s.id.as_str()).is_none())
-        {
-            Some(s) => Err(format!("shard {} has no primary", s.id)),
-            None => Ok(()),
+        for s in &self.meta.shards {
+            match self.primary(s.id.as_str()) {
+                None => return Err(format!("shard {} has no primary", s.id)),
+                Some(p) if !self.is_up(p.name.as_str()) => {
+                    return Err(format!("shard {}: primary {} is not up", s.id, p.name))
+                }
+                Some(_) => {}
+            }
         }
+        Ok(())
     }
 }
 

@@ -54,13 +54,17 @@ async fn round<R: Runtime>(
     };
     let beats = futures::future::join_all(meta.servers.iter().map(|(name, sv)| async move {
         let beat = cluster.heartbeat(name, &sv.addr, settings.timeout).await;
-        (name.clone(), sv.health, beat)
+        // A server whose process (container) is gone is dead now: no need to wait for more
+        // misses, which only guard against a busy or briefly unreachable server. This also
+        // makes a restarted manager (`make run` after `make stop`) respawn at once.
+        let gone = beat.is_none() && !cluster.runtime.is_alive(name).await;
+        (name.clone(), sv.health, beat, gone)
     }))
     .await;
     crate::metrics::record_progress(
         beats
             .iter()
-            .filter_map(|(n, _, b)| Some((n.as_str(), b.as_ref()?))),
+            .filter_map(|(n, _, b, _)| Some((n.as_str(), b.as_ref()?))),
     );
 
     let mut changes: Vec<(ServerName, Health)> = Vec::new();
@@ -68,7 +72,7 @@ async fn round<R: Runtime>(
     {
         let mut st = lock(state);
         st.retain(|n, _| meta.servers.contains_key(n));
-        for (name, health, beat) in beats {
+        for (name, health, beat, gone) in beats {
             let w = st.entry(name.clone()).or_default();
             if w.respawning || health == Health::Failed {
                 continue;
@@ -92,6 +96,9 @@ async fn round<R: Runtime>(
                 None => {
                     metrics::counter!(crate::metrics::HEARTBEAT_FAILURES, "server" => name.to_string()).increment(1);
                     w.misses += 1;
+                    if gone {
+                        w.misses = w.misses.max(settings.dead_after);
+                    }
                     if w.misses >= settings.dead_after && health != Health::Down {
                         tracing::warn!(server = %name, misses = w.misses, "server missed its heartbeats: down");
                         w.down_since = Some(Instant::now());

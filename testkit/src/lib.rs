@@ -945,6 +945,11 @@ impl Cluster {
     pub fn gateway(&mut self) -> &mut Proc {
         self.gateway.as_mut().expect("gateway not running")
     }
+    /// The manager's pid (for signals from code that only holds `&Cluster`).
+    pub fn manager_pid(&self) -> i32 {
+        self.manager.as_ref().expect("manager not running").pid()
+    }
+
     /// The manager process.
     pub fn manager(&mut self) -> &mut Proc {
         self.manager.as_mut().expect("manager not running")

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use testkit::workload::{self, check, primary_of, replicas_of, History, Outcome, Workload};
 use testkit::workload::{OpKind, OpRecord, WorkloadConfig};
-use testkit::{json, pid_alive, wait_until, Cluster, Value};
+use testkit::{json, pid_alive, signal, wait_until, Cluster, Value};
 
 /// Settling after a fault (respawn + catch-up) on a busy 2-core machine.
 const SETTLE: Duration = Duration::from_secs(120);
@@ -576,6 +576,10 @@ async fn preload(c: &Cluster, keys: std::ops::Range<i64>, batch: usize) -> Histo
 /// Kills `name`, empties its data dir, waits for the manager to respawn it and for it to
 /// catch up; returns (kill → up, the catch-up lines of its log).
 async fn respawn_empty(c: &Cluster, name: &str) -> (Duration, Vec<String>) {
+    // The manager respawns a server whose process is gone within a heartbeat; pause it so
+    // the disk is lost while the server is down, not under the respawned one.
+    let manager = c.manager_pid();
+    assert!(signal(manager, libc::SIGSTOP), "cannot pause the manager");
     let killed = kill(c, name);
     let t = Instant::now();
     assert!(
@@ -591,6 +595,7 @@ async fn respawn_empty(c: &Cluster, name: &str) -> (Duration, Vec<String>) {
             fs::remove_file(&p).unwrap();
         }
     }
+    assert!(signal(manager, libc::SIGCONT), "cannot resume the manager");
     wait_respawned(c, name, killed, Duration::from_secs(280)).await;
     let took = t.elapsed();
     let log = fs::read_to_string(dir.join("server.log")).unwrap_or_default();
