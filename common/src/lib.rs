@@ -10,6 +10,7 @@
 //! - [`error`]: the one error type that maps to an HTTP status and a JSON failure body.
 //! - [`watch`]: following the metadata key in NATS KV from gateways and shard servers.
 //! - [`shutdown`]: the future every binary awaits to stop gracefully.
+//! - [`telemetry`]: logging set-up and the `/metrics` route shared by the binaries.
 //! - [`body`]: the JSON body extractor that turns every decoding problem into a 400 naming the field.
 
 pub mod body;
@@ -19,6 +20,7 @@ pub mod names;
 pub mod ring;
 pub mod schema;
 pub mod shutdown;
+pub mod telemetry;
 pub mod wal;
 pub mod watch;
 

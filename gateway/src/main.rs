@@ -31,7 +31,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use shardline::ring::RingHash;
-use tracing_subscriber::EnvFilter;
 
 /// shardline gateway: the public HTTP API.
 #[derive(Parser, Clone)]
@@ -127,12 +126,7 @@ impl Config {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    shardline::telemetry::init_logging();
 
     let config = Config::parse();
     tracing::info!(?config, "gateway starting");

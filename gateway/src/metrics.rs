@@ -59,15 +59,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         RETRIES,
         "Requests re-sent after a primary refused or a replica failed"
     );
-    // Histograms are kept in rolling windows that must be drained now and then.
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
+    shardline::telemetry::spawn_upkeep(&handle);
     Ok(handle)
 }
 

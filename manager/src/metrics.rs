@@ -13,10 +13,7 @@
 //!   advanced replica of the shard (from the same heartbeat round)
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use axum::http::header::CONTENT_TYPE;
-use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -39,31 +36,13 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         LAG,
         "WAL entries a replica is behind the most advanced replica of its shard"
     );
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
+    shardline::telemetry::spawn_upkeep(&handle);
     Ok(handle)
 }
 
 /// `GET /metrics`, to be merged into the admin router.
 pub fn router(handle: PrometheusHandle) -> Router {
-    Router::new().route(
-        "/metrics",
-        get(move || {
-            let text = handle.render();
-            async move {
-                (
-                    [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-                    text,
-                )
-            }
-        }),
-    )
+    shardline::telemetry::metrics_router(handle)
 }
 
 /// Applied sequence and lag per replica from one round of heartbeats.

@@ -11,8 +11,6 @@
 
 use std::time::Duration;
 
-use axum::http::header::CONTENT_TYPE;
-use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -42,31 +40,13 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         metrics::Unit::Seconds,
         "A primary's write from WAL append to majority applied"
     );
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
+    shardline::telemetry::spawn_upkeep(&handle);
     Ok(handle)
 }
 
 /// `GET /metrics`, merged into the server's router.
 pub fn router(handle: PrometheusHandle) -> Router {
-    Router::new().route(
-        "/metrics",
-        get(move || {
-            let text = handle.render();
-            async move {
-                (
-                    [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-                    text,
-                )
-            }
-        }),
-    )
+    shardline::telemetry::metrics_router(handle)
 }
 
 pub fn applied(shard: &str, entries: usize, seq: u64) {
