@@ -41,6 +41,14 @@ pub enum Value {
 /// A row in schema column order; `row[0]` is the shard key.
 pub type Row = Vec<Value>;
 
+/// The shard key of a row that passed [`Schema::parse_row`] (whose first column is a Number).
+pub fn key_of(row: &Row) -> i64 {
+    match row.first() {
+        Some(Value::Int(k)) => *k,
+        _ => unreachable!("a parsed row starts with its Number key"),
+    }
+}
+
 impl Schema {
     pub fn parse(spec: &SchemaSpec) -> Result<Schema, String> {
         if spec.columns.is_empty() {

@@ -14,27 +14,6 @@ use crate::meta::{ClusterMeta, META_BUCKET, META_KEY};
 /// `None` until the cluster is configured (or after it was torn down).
 pub type MetaRx = watch::Receiver<Option<Arc<ClusterMeta>>>;
 
-/// Opens the metadata bucket, creating it when it does not exist yet, replicated on
-/// `replicas` NATS nodes. Only the manager creates it; watchers wait for it to exist.
-pub async fn open_bucket(
-    js: &jetstream::Context,
-    replicas: usize,
-) -> Result<kv::Store, async_nats::Error> {
-    match js.get_key_value(META_BUCKET).await {
-        Ok(store) => Ok(store),
-        Err(_) => Ok(js
-            .create_key_value(kv::Config {
-                bucket: META_BUCKET.to_string(),
-                description: "shardline cluster metadata, written only by the manager".into(),
-                history: 10,
-                storage: jetstream::stream::StorageType::File,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await?),
-    }
-}
-
 /// Decodes a stored metadata document; a value that does not decode is treated as absent.
 pub fn decode(bytes: &[u8]) -> Option<ClusterMeta> {
     match serde_json::from_slice(bytes) {

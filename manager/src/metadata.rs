@@ -3,7 +3,7 @@
 //! each other's changes.
 
 use async_nats::jetstream::{self, kv};
-use shardline::meta::{ClusterMeta, META_KEY};
+use shardline::meta::{ClusterMeta, META_BUCKET, META_KEY};
 use shardline::ApiError;
 use tokio::sync::Mutex;
 
@@ -20,7 +20,7 @@ impl MetaStore {
         js: &jetstream::Context,
         replicas: usize,
     ) -> Result<MetaStore, async_nats::Error> {
-        let kv = shardline::watch::open_bucket(js, replicas).await?;
+        let kv = open_bucket(js, replicas).await?;
         let store = MetaStore {
             kv,
             cached: Mutex::new((None, 0)),
@@ -109,5 +109,26 @@ impl MetaStore {
             Ok(Some(e)) => e.revision,
             _ => 0,
         }
+    }
+}
+
+/// Opens the metadata bucket, creating it when it does not exist yet, replicated on
+/// `replicas` NATS nodes. Only the manager creates it (gateways and shard servers wait for it to exist).
+async fn open_bucket(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<kv::Store, async_nats::Error> {
+    match js.get_key_value(META_BUCKET).await {
+        Ok(store) => Ok(store),
+        Err(_) => Ok(js
+            .create_key_value(kv::Config {
+                bucket: META_BUCKET.to_string(),
+                description: "shardline cluster metadata, written only by the manager".into(),
+                history: 10,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await?),
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{Map, Value as Json};
-use shardline::schema::{Dtype, Row, Schema, Value};
+use shardline::schema::{key_of, Dtype, Row, Schema, Value};
 use shardline::wal::{WalEntry, WalOp};
 use shardline::{Seq, Term};
 use sqlx::sqlite::{
@@ -355,15 +355,11 @@ impl Store {
                     list.join(", "),
                     values.join(", ")
                 ));
-                PlannedOp::Dml(Dml::Insert(key(&row)))
+                PlannedOp::Dml(Dml::Insert(key_of(&row)))
             }
             WalOp::Update { key: k, row } => {
-                let row = match self
-                    .schema
-                    .parse_row(&Json::Object(row.clone()), usize::MAX)
-                {
-                    Ok(r) if key(&r) == *k => r,
-                    Ok(_) => return invalid("row key differs from entry key".into()),
+                let row = match self.update_row(*k, row) {
+                    Ok(r) => r,
                     Err(e) => return invalid(e),
                 };
                 let sets: Vec<String> = cols
@@ -436,16 +432,12 @@ impl Store {
                         q = bind(q, v);
                     }
                     let done = q.execute(&mut *tx).await?;
-                    return Ok(if done.rows_affected() == 0 {
-                        Outcome::Duplicate(vec![key(row)])
-                    } else {
-                        Outcome::Applied
-                    });
+                    return Ok(Dml::Insert(key_of(row)).outcome(done.rows_affected()));
                 }
                 let mut dup = Vec::new();
                 let mut seen = std::collections::HashSet::new();
                 for r in &rows {
-                    let k = key(r);
+                    let k = key_of(r);
                     if !seen.insert(k) || self.exists(tx, k).await? {
                         dup.push(k);
                     }
@@ -465,12 +457,8 @@ impl Store {
                 Ok(Outcome::Applied)
             }
             WalOp::Update { key: k, row } => {
-                let row = match self
-                    .schema
-                    .parse_row(&Json::Object(row.clone()), usize::MAX)
-                {
-                    Ok(r) if key(&r) == *k => r,
-                    Ok(_) => return Ok(Outcome::Invalid("row key differs from entry key".into())),
+                let row = match self.update_row(*k, row) {
+                    Ok(r) => r,
                     Err(e) => return Ok(Outcome::Invalid(e)),
                 };
                 let mut q = sqlx::query(&self.sql.update);
@@ -478,23 +466,27 @@ impl Store {
                     q = bind(q, v);
                 }
                 let done = q.bind(*k).execute(&mut *tx).await?;
-                Ok(if done.rows_affected() == 0 {
-                    Outcome::Missing(*k)
-                } else {
-                    Outcome::Applied
-                })
+                Ok(Dml::Update(*k).outcome(done.rows_affected()))
             }
             WalOp::Delete { key: k } => {
                 let done = sqlx::query(&self.sql.delete)
                     .bind(*k)
                     .execute(&mut *tx)
                     .await?;
-                Ok(if done.rows_affected() == 0 {
-                    Outcome::Missing(*k)
-                } else {
-                    Outcome::Applied
-                })
+                Ok(Dml::Delete(*k).outcome(done.rows_affected()))
             }
+        }
+    }
+
+    /// The full row of an update entry, which must carry the entry's key.
+    fn update_row(&self, k: i64, row: &Map<String, Json>) -> Result<Row, String> {
+        let row = self
+            .schema
+            .parse_row(&Json::Object(row.clone()), usize::MAX)?;
+        if key_of(&row) == k {
+            Ok(row)
+        } else {
+            Err("row key differs from entry key".into())
         }
     }
 
@@ -650,13 +642,6 @@ fn literal(v: &Value) -> String {
             out.push_str("' AS TEXT)");
             out
         }
-    }
-}
-
-fn key(r: &Row) -> i64 {
-    match r[0] {
-        Value::Int(k) => k,
-        Value::Text(_) => unreachable!("the schema's first column is a Number"),
     }
 }
 

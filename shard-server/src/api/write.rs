@@ -36,10 +36,7 @@ pub async fn write(
         let row = schema
             .parse_row(r, s.max_string_bytes)
             .map_err(|e| ApiError::BadRequest(format!("data[{i}]: {e}")))?;
-        let k = match row[0] {
-            shardline::schema::Value::Int(k) => k,
-            shardline::schema::Value::Text(_) => unreachable!("key column is a Number"),
-        };
+        let k = shardline::schema::key_of(&row);
         if let Some(range) = &range {
             if !range.contains(k) {
                 return Err(ApiError::BadRequest(format!(
