@@ -8,6 +8,7 @@
 //! - [`meta`]: cluster metadata kept in the NATS KV bucket, and the admin request bodies.
 //! - [`ring`]: the consistent-hash ring that picks a read replica.
 //! - [`error`]: the one error type that maps to an HTTP status and a JSON failure body.
+//! - [`nats`]: connecting to NATS with the optional credentials every binary takes.
 //! - [`watch`]: following the metadata key in NATS KV from gateways and shard servers.
 //! - [`shutdown`]: the future every binary awaits to stop gracefully.
 //! - [`telemetry`]: logging set-up and the `/metrics` route shared by the binaries.
@@ -17,6 +18,7 @@ pub mod body;
 pub mod error;
 pub mod meta;
 pub mod names;
+pub mod nats;
 pub mod ring;
 pub mod schema;
 pub mod shutdown;

@@ -46,6 +46,8 @@ pub struct Config {
         default_value = "nats://127.0.0.1:4222"
     )]
     pub nats_url: String,
+    #[command(flatten)]
+    pub nats_auth: shardline::nats::NatsAuthArgs,
     /// Base URL of the manager's admin API (/init, /add, /rm are forwarded there).
     #[arg(
         long,
@@ -103,6 +105,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("nats_url", &self.nats_url)
+            .field("nats_auth", &self.nats_auth)
             .field("manager_url", &self.manager_url)
             .field("ring_hash", &self.ring_hash)
             .field("body_limit", &self.body_limit)
@@ -130,13 +133,11 @@ async fn main() -> anyhow::Result<()> {
 
     let config = Config::parse();
     tracing::info!(?config, "gateway starting");
+    let nats_auth = config.nats_auth.auth()?;
     let metrics = metrics::install()?;
 
     // Connect in the background: the gateway answers /healthz (and 503s) while NATS is away.
-    let nats = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .name("shardline-gateway")
-        .connect(config.nats_url.as_str())
+    let nats = shardline::nats::connect(&config.nats_url, "shardline-gateway", &nats_auth)
         .await
         .with_context(|| format!("invalid NATS url {}", config.nats_url))?;
     let jetstream = async_nats::jetstream::new(nats.clone());

@@ -52,6 +52,9 @@ struct Config {
         default_value = "nats://127.0.0.1:4222"
     )]
     nats_url: String,
+    /// NATS credentials; also handed to the shard servers, as environment variables.
+    #[command(flatten)]
+    nats_auth: shardline::nats::NatsAuthArgs,
     /// Where the process runtime keeps one directory per server.
     #[arg(long, env = "SHARDLINE_DATA_DIR", default_value = "./data/servers")]
     data_dir: PathBuf,
@@ -106,7 +109,13 @@ async fn main() -> anyhow::Result<()> {
     shardline::telemetry::init_logging();
     let config = Config::parse();
     tracing::info!(?config, "starting manager");
+    let nats_auth = config.nats_auth.auth()?;
 
+    // The servers get the manager's NATS credentials explicitly, whether the manager got
+    // them from its environment or its command line (and never on a command line).
+    let server_env: Vec<(String, String)> = (nats_auth.env().into_iter())
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     let server_args = vec![
         "--nats-url".to_string(),
         config.nats_url.clone(),
@@ -127,8 +136,9 @@ async fn main() -> anyhow::Result<()> {
                 bin,
                 data_dir: std::fs::canonicalize(&config.data_dir)?,
                 args: server_args,
+                env: server_env,
             };
-            serve(config, runtime).await
+            serve(config, nats_auth, runtime).await
         }
         RuntimeKind::Docker => {
             let project = config.docker_project.clone();
@@ -142,18 +152,20 @@ async fn main() -> anyhow::Result<()> {
                     .unwrap_or_else(|| format!("{project}-data-")),
                 project,
                 args: server_args,
+                env: server_env,
             })
             .await?;
-            serve(config, runtime).await
+            serve(config, nats_auth, runtime).await
         }
     }
 }
 
-async fn serve<R: Runtime>(config: Config, runtime: R) -> anyhow::Result<()> {
-    let nats = async_nats::ConnectOptions::new()
-        .name("shardline manager")
-        .retry_on_initial_connect()
-        .connect(&config.nats_url)
+async fn serve<R: Runtime>(
+    config: Config,
+    nats_auth: shardline::nats::NatsAuth,
+    runtime: R,
+) -> anyhow::Result<()> {
+    let nats = shardline::nats::connect(&config.nats_url, "shardline manager", &nats_auth)
         .await
         .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
     let js = async_nats::jetstream::new(nats);

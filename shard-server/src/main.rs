@@ -47,6 +47,8 @@ struct Config {
         default_value = "nats://127.0.0.1:4222"
     )]
     nats_url: String,
+    #[command(flatten)]
+    nats_auth: shardline::nats::NatsAuthArgs,
     /// SQLite `synchronous` setting: `normal` (survives process crashes) or `full`
     /// (survives power loss too, slower).
     #[arg(
@@ -73,13 +75,15 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     tracing::info!(?config, "starting shard-server");
     let name = ServerName::parse(&config.name).map_err(anyhow::Error::msg)?;
+    let nats_auth = config.nats_auth.auth()?;
 
-    let nats = async_nats::ConnectOptions::new()
-        .name(format!("shard-server {name}"))
-        .retry_on_initial_connect()
-        .connect(&config.nats_url)
-        .await
-        .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+    let nats = shardline::nats::connect(
+        &config.nats_url,
+        &format!("shard-server {name}"),
+        &nats_auth,
+    )
+    .await
+    .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
     let js = async_nats::jetstream::new(nats.clone());
     let meta = shardline::watch::spawn(js.clone());
 

@@ -12,6 +12,11 @@
 //! so `make clean` and the tests find exactly the project's own objects.
 //!
 //! Docker restarts nothing by itself (restart policy `no`): respawning is the manager's job.
+//!
+//! The NATS credentials the manager was given reach each server as environment variables of
+//! its container (`SHARDLINE_NATS_USER`/`SHARDLINE_NATS_PASSWORD` or `SHARDLINE_NATS_TOKEN`,
+//! see `shardline::nats`), never on its command line; `docker inspect` shows them to whoever
+//! may use the Docker socket, who could read the volumes anyway.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -55,6 +60,8 @@ pub struct DockerRuntime {
     volume_prefix: String,
     /// Extra arguments passed to every server (NATS URL, durability settings).
     args: Vec<String>,
+    /// Extra environment of every server (`KEY=value`): the NATS credentials.
+    env: Vec<String>,
 }
 
 /// Settings of [`DockerRuntime::connect`].
@@ -64,6 +71,8 @@ pub struct DockerSettings {
     pub network: String,
     pub volume_prefix: String,
     pub args: Vec<String>,
+    /// Environment variables set in every server container (the NATS credentials).
+    pub env: Vec<(String, String)>,
 }
 
 fn not_found(e: &DockerError) -> bool {
@@ -93,6 +102,9 @@ impl DockerRuntime {
             network: s.network,
             volume_prefix: s.volume_prefix,
             args: s.args,
+            env: (s.env.into_iter())
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
         };
         rt.ensure_network().await?;
         Ok(rt)
@@ -226,7 +238,11 @@ impl Runtime for DockerRuntime {
             cmd: Some(cmd),
             hostname: Some(name.as_str().to_string()),
             labels: Some(labels),
-            env: Some(vec!["NO_COLOR=1".into()]),
+            env: Some(
+                std::iter::once("NO_COLOR=1".to_string())
+                    .chain(self.env.iter().cloned())
+                    .collect(),
+            ),
             host_config: Some(HostConfig {
                 binds: Some(vec![format!("{}:{DATA_DIR}", self.volume(name))]),
                 network_mode: Some(self.network.clone()),

@@ -23,6 +23,9 @@ pub struct ProcessRuntime {
     pub data_dir: PathBuf,
     /// Extra arguments passed to every server (NATS URL, durability settings).
     pub args: Vec<String>,
+    /// Environment set for every server: the NATS credentials. The credential variables of
+    /// the manager's own environment are not inherited; a server gets these or none.
+    pub env: Vec<(String, String)>,
 }
 
 impl ProcessRuntime {
@@ -67,7 +70,12 @@ impl Runtime for ProcessRuntime {
             .create(true)
             .append(true)
             .open(dir.join("server.log"))?;
-        let mut child = Command::new(&self.bin)
+        let mut cmd = Command::new(&self.bin);
+        for var in shardline::nats::ENV_VARS {
+            cmd.env_remove(var);
+        }
+        let mut child = cmd
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("--name")
             .arg(name.as_str())
             .arg("--listen")
