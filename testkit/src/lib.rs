@@ -570,13 +570,81 @@ impl Drop for Proc {
 // Nats
 // ---------------------------------------------------------------------------------------
 
+/// Credentials a test nats-server requires (see [`Nats::start_with_auth`]), and how each
+/// kind of client is given them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NatsCreds {
+    /// `nats-server --user <user> --pass <password>`
+    UserPassword { user: String, password: String },
+    /// `nats-server --auth <token>`
+    Token(String),
+}
+
+impl NatsCreds {
+    pub fn user_password(user: &str, password: &str) -> NatsCreds {
+        NatsCreds::UserPassword {
+            user: user.into(),
+            password: password.into(),
+        }
+    }
+    pub fn token(token: &str) -> NatsCreds {
+        NatsCreds::Token(token.into())
+    }
+    /// The nats-server arguments that require these credentials.
+    pub fn server_args(&self) -> Vec<String> {
+        match self {
+            NatsCreds::UserPassword { user, password } => {
+                vec![
+                    "--user".into(),
+                    user.clone(),
+                    "--pass".into(),
+                    password.clone(),
+                ]
+            }
+            NatsCreds::Token(t) => vec!["--auth".into(), t.clone()],
+        }
+    }
+    /// The environment that gives a shardline binary these credentials.
+    pub fn env(&self) -> Vec<(String, String)> {
+        match self {
+            NatsCreds::UserPassword { user, password } => vec![
+                ("SHARDLINE_NATS_USER".into(), user.clone()),
+                ("SHARDLINE_NATS_PASSWORD".into(), password.clone()),
+            ],
+            NatsCreds::Token(t) => vec![("SHARDLINE_NATS_TOKEN".into(), t.clone())],
+        }
+    }
+    /// The command-line flags that give a shardline binary these credentials.
+    pub fn flags(&self) -> Vec<String> {
+        match self {
+            NatsCreds::UserPassword { user, password } => vec![
+                "--nats-user".into(),
+                user.clone(),
+                "--nats-password".into(),
+                password.clone(),
+            ],
+            NatsCreds::Token(t) => vec!["--nats-token".into(), t.clone()],
+        }
+    }
+    /// `options` with these credentials (for a test's own NATS client).
+    pub fn apply(&self, options: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
+        match self {
+            NatsCreds::UserPassword { user, password } => {
+                options.user_and_password(user.clone(), password.clone())
+            }
+            NatsCreds::Token(t) => options.token(t.clone()),
+        }
+    }
+}
+
 /// A private single-node nats-server with JetStream on a free loopback port and a temp
-/// store dir. Killed on drop.
+/// store dir, optionally requiring credentials. Killed on drop.
 pub struct Nats {
     proc: Option<Proc>,
     port: u16,
     bin: PathBuf,
     extra_args: Vec<String>,
+    auth: Option<NatsCreds>,
     store: Option<TempDir>,
     store_path: PathBuf,
     logs: Option<TempDir>,
@@ -594,6 +662,17 @@ impl Nats {
     /// `["-c", "<workspace>/nats/durable.conf"]`; `-a`, `-p`, `-sd` and `-js` are always
     /// given on the command line and win over the config file).
     pub async fn start_with_args(extra_args: &[&str]) -> Nats {
+        Self::start_with(extra_args, None).await
+    }
+
+    /// As [`Nats::start`], requiring `creds` from every client (`--user`/`--pass` or
+    /// `--auth`). Connect with [`Nats::connect`], or apply [`Nats::auth`] yourself.
+    pub async fn start_with_auth(creds: NatsCreds) -> Nats {
+        Self::start_with(&[], Some(creds)).await
+    }
+
+    /// Extra nats-server arguments and optional credentials.
+    pub async fn start_with(extra_args: &[&str], auth: Option<NatsCreds>) -> Nats {
         let store = tempfile::Builder::new()
             .prefix("shardline-nats-store-")
             .tempdir()
@@ -607,6 +686,7 @@ impl Nats {
             port: 0,
             bin: nats_server_bin(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            auth,
             store_path: store.path().to_path_buf(),
             store: Some(store),
             logs_path: logs.path().to_path_buf(),
@@ -628,6 +708,7 @@ impl Nats {
         let port = self.port.to_string();
         let store = self.store_path.display().to_string();
         let mut args: Vec<String> = self.extra_args.clone();
+        args.extend(self.auth.iter().flat_map(NatsCreds::server_args));
         args.extend(
             ["-js", "-a", "127.0.0.1", "-p", &port, "-sd", &store]
                 .iter()
@@ -654,7 +735,7 @@ impl Nats {
                     err
                 });
             }
-            if jetstream_ready(&url).await {
+            if jetstream_ready(&url, self.auth.as_ref()).await {
                 self.proc = Some(proc);
                 return Ok(());
             }
@@ -673,6 +754,22 @@ impl Nats {
     }
     pub fn port(&self) -> u16 {
         self.port
+    }
+    /// The credentials it requires, if any.
+    pub fn auth(&self) -> Option<&NatsCreds> {
+        self.auth.as_ref()
+    }
+    /// A client of this server, with its credentials if it requires any. Panics if the
+    /// connection fails.
+    pub async fn connect(&self) -> async_nats::Client {
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some(creds) = &self.auth {
+            options = creds.apply(options);
+        }
+        options
+            .connect(self.url())
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to nats-server at {}: {e}", self.url()))
     }
     /// The JetStream store dir (`-sd`), kept across restarts.
     pub fn store_dir(&self) -> &Path {
@@ -719,7 +816,7 @@ impl Nats {
     }
 }
 
-async fn jetstream_ready(url: &str) -> bool {
+async fn jetstream_ready(url: &str, auth: Option<&NatsCreds>) -> bool {
     let addr = url.trim_start_matches("nats://");
     if TcpStream::connect_timeout(
         &addr.parse().expect("socket addr"),
@@ -729,9 +826,11 @@ async fn jetstream_ready(url: &str) -> bool {
     {
         return false;
     }
-    let connect = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(2))
-        .connect(url);
+    let mut options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(2));
+    if let Some(creds) = auth {
+        options = creds.apply(options);
+    }
+    let connect = options.connect(url);
     let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(3), connect).await else {
         return false;
     };
@@ -772,9 +871,14 @@ pub struct ClusterOptions {
     pub manager_args: Vec<String>,
     /// Appended to the gateway's command line.
     pub gateway_args: Vec<String>,
-    /// Set for both the manager and the gateway (the manager's shard servers inherit it
-    /// unless the manager clears its environment). `RUST_LOG` defaults to `info`.
+    /// Set for both the manager and the gateway (the manager's shard servers inherit it,
+    /// except the NATS credential variables, which the manager sets itself).
+    /// `RUST_LOG` defaults to `info`.
     pub env: Vec<(String, String)>,
+    /// Start nats-server requiring these credentials. The manager gets them as command-line
+    /// flags (so its shard servers can only have them from the manager handing them on),
+    /// the gateway as environment variables.
+    pub nats_auth: Option<NatsCreds>,
 }
 
 /// nats-server + manager (process runtime) + gateway, all on loopback, data in a temp dir.
@@ -815,7 +919,7 @@ impl Cluster {
         let root_path = root.path().to_path_buf();
         fs::create_dir_all(root_path.join("servers")).expect("create servers dir");
         fs::create_dir_all(root_path.join("logs")).expect("create logs dir");
-        let nats = Nats::start().await;
+        let nats = Nats::start_with(&[], opts.nats_auth.clone()).await;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
@@ -857,6 +961,7 @@ impl Cluster {
             "--server-bin".into(),
             bin("shard-server").display().to_string(),
         ];
+        args.extend(self.opts.nats_auth.iter().flat_map(NatsCreds::flags));
         args.extend(self.opts.manager_args.iter().cloned());
         let mut p = Proc::builder("manager", bin("manager"))
             .args(args)
@@ -882,6 +987,7 @@ impl Cluster {
         let mut p = Proc::builder("gateway", bin("gateway"))
             .args(args)
             .envs(self.envs())
+            .envs(self.opts.nats_auth.iter().flat_map(NatsCreds::env))
             .log_dir(self.root_path.join("logs"))
             .spawn();
         self.gateway_addr = loopback(&p.listening(LISTEN_TIMEOUT).await);
