@@ -2,6 +2,7 @@
 //! replica (`/copy`, consistent with a WAL sequence) so the applier starts from there instead
 //! of replaying the whole history. When no peer can give one, the applier replays the log.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::Value as Json;
@@ -9,9 +10,9 @@ use shardline::meta::Health;
 use shardline::names::ShardId;
 
 use crate::server::Server;
-use crate::store::Store;
+use crate::store::{self, Store};
 
-pub async fn restore_from_peer(server: &Server, shard: &ShardId, store: &Store) {
+pub async fn restore_from_peer(server: &Server, shard: &ShardId, store: &Arc<Store>) {
     let Some(meta) = server.current_meta() else {
         return;
     };
@@ -31,7 +32,8 @@ pub async fn restore_from_peer(server: &Server, shard: &ShardId, store: &Store) 
         match fetch(server, shard, &addr).await {
             Ok((rows, seq, term)) if seq > 0 => {
                 let count = rows.len();
-                if let Err(e) = store.restore(&rows, seq, term).await {
+                let restored = store::blocking(store, move |s| s.restore(&rows, seq, term)).await;
+                if let Err(e) = restored {
                     tracing::warn!(shard = %shard, peer = %peer, error = %e, "cannot store snapshot");
                     continue;
                 }

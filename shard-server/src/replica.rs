@@ -23,7 +23,7 @@ use shardline::{ApiError, Seq, Term};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
-use crate::store::{Outcome, Store};
+use crate::store::{self, Outcome, Store};
 
 /// Most entries applied in one SQLite transaction.
 const MAX_BATCH: usize = 1024;
@@ -69,18 +69,18 @@ pub struct Progress {
 impl Replica {
     pub async fn start(
         shard: ShardId,
-        store: Store,
+        store: Arc<Store>,
         server: ServerName,
         js: jetstream::Context,
         nats: async_nats::Client,
         meta: MetaRx,
         commit_timeout: Duration,
     ) -> anyhow::Result<Arc<Replica>> {
-        let (applied, term) = store.position().await;
+        let (applied, term) = store.position();
         let (proposals, proposed) = mpsc::unbounded_channel();
         let replica = Arc::new(Replica {
             shard,
-            store: Arc::new(store),
+            store,
             server,
             js,
             nats,
@@ -232,7 +232,7 @@ impl Replica {
     /// whole group. (Applying stays authoritative; this only keeps rejects out of the WAL.)
     async fn refuse_doomed(&self, group: Vec<Proposal>) -> Vec<Proposal> {
         let keys: Vec<i64> = group.iter().flat_map(|p| op_keys(&p.op)).collect();
-        let existing: std::collections::HashSet<i64> = match self.store.existing(&keys).await {
+        let existing: std::collections::HashSet<i64> = match self.store.existing(&keys) {
             Ok(found) => found.into_iter().collect(),
             Err(e) => {
                 tracing::warn!(shard = %self.shard, error = %e, "pre-check failed; appending as is");
@@ -447,7 +447,7 @@ impl Replica {
     async fn apply_stream(&self) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut stream = self.js.get_stream(wal::stream_name(&self.shard)).await?;
-        let (mut applied, _) = self.store.position().await;
+        let (mut applied, _) = self.store.position();
         let target = stream.info().await?.state.last_sequence;
         // The consumer is re-created at every (re)start so that it begins exactly after the
         // sequence stored with the data, whatever position it had before.
@@ -516,8 +516,9 @@ impl Replica {
             }
             if let Some(last) = batch.last() {
                 if !entries.is_empty() {
-                    let (seq, term, outcomes) = self.store.apply(&entries).await?;
-                    crate::metrics::applied(self.shard.as_str(), entries.len(), seq);
+                    let count = entries.len();
+                    let (seq, term, outcomes) = self.commit(entries).await?;
+                    crate::metrics::applied(self.shard.as_str(), count, seq);
                     applied = seq;
                     self.applied.store(seq, Ordering::Release);
                     self.term.store(term, Ordering::Release);
@@ -529,6 +530,19 @@ impl Replica {
                 last.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
             }
             self.mark_caught_up_if(applied >= target, started);
+        }
+    }
+
+    /// Applies a batch in one transaction: in place normally (a few microseconds of SQLite),
+    /// on the blocking pool when the commit waits for the disk.
+    async fn commit(
+        &self,
+        entries: Vec<(Seq, Result<WalEntry, String>)>,
+    ) -> anyhow::Result<store::BatchApplied> {
+        if self.store.is_durable() {
+            store::blocking(&self.store, move |s| s.apply(&entries)).await
+        } else {
+            Ok(self.store.apply(&entries)?)
         }
     }
 

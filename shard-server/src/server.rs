@@ -116,9 +116,9 @@ impl Server {
             }
             let path = self.data_dir.join(format!("{shard}.db"));
             let store = Store::open(&path, &schema, self.sync)
-                .await
+                .map(Arc::new)
                 .map_err(|e| ApiError::Internal(format!("cannot open {}: {e}", path.display())))?;
-            let fresh = store.position().await.0 == 0;
+            let fresh = store.position().0 == 0;
             if fresh {
                 crate::catchup::restore_from_peer(self, shard, &store).await;
             }
@@ -181,7 +181,7 @@ impl Server {
     pub async fn shutdown(&self) {
         for r in self.replicas() {
             r.stop();
-            r.store.close().await;
+            r.store.close();
         }
     }
 }

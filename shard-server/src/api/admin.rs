@@ -14,6 +14,7 @@ use shardline::schema::{Schema, SchemaSpec};
 use shardline::ApiError;
 
 use crate::server::Server;
+use crate::store;
 
 pub async fn heartbeat(State(s): State<Arc<Server>>) -> Json<Value> {
     let shards: BTreeMap<String, _> = s
@@ -69,9 +70,7 @@ pub async fn copy(
                 s.name
             )));
         }
-        let (rows, seq, term) = replica
-            .store
-            .snapshot()
+        let (rows, seq, term) = store::blocking(&replica.store, |s| s.snapshot())
             .await
             .map_err(|e| ApiError::Internal(format!("shard {shard}: {e}")))?;
         out.insert(shard.to_string(), Value::Array(rows));
@@ -87,9 +86,7 @@ pub async fn copy(
 pub async fn read_all(State(s): State<Arc<Server>>) -> Result<Json<Value>, ApiError> {
     let mut out = Map::new();
     for replica in s.replicas() {
-        let rows = replica
-            .store
-            .read_all()
+        let rows = store::blocking(&replica.store, |s| s.read_all())
             .await
             .map_err(|e| ApiError::Internal(format!("shard {}: {e}", replica.shard)))?;
         out.insert(replica.shard.to_string(), Value::Array(rows));

@@ -50,7 +50,6 @@ pub async fn read(
     let rows = replica
         .store
         .read_range_json(low, high)
-        .await
         .map_err(|e| ApiError::Internal(format!("shard {shard}: {e}")))?;
     // The rows arrive as JSON text from SQLite; splice them in rather than re-encode.
     Ok((
