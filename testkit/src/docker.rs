@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::{free_port, wait_until, workspace_root, Method};
+use crate::{free_port, wait_until, workspace_root, Method, NatsCreds};
 
 /// The images the compose file uses (tag `latest`, as `make images` builds them).
 pub const IMAGES: [&str; 4] = [
@@ -191,6 +191,7 @@ pub struct DockerCluster {
     compose: Vec<String>,
     compose_file: PathBuf,
     envs: Vec<(String, String)>,
+    nats_creds: NatsCreds,
     profile_cluster: bool,
     gateway_port: u16,
     nats_port: u16,
@@ -215,11 +216,15 @@ impl DockerCluster {
         let project = format!("sltest{}x{}", std::process::id(), nanos % 1_000_000);
         let gateway_port = free_port();
         let nats_port = free_port();
+        // Credentials of this run instead of the compose file's defaults; the space and the
+        // punctuation check that they reach nats-server's command line in one piece.
+        let nats_creds = NatsCreds::user_password("sltest", &format!("pw {project}:x@y/z"));
         let mut envs = vec![
             ("SHARDLINE_PROJECT".to_string(), project.clone()),
             ("SHARDLINE_GATEWAY_PORT".into(), gateway_port.to_string()),
             ("SHARDLINE_NATS_PORT".into(), nats_port.to_string()),
         ];
+        envs.extend(nats_creds.env());
         if nats_cluster {
             envs.push(("SHARDLINE_STREAM_REPLICAS".into(), "3".into()));
             envs.push((
@@ -234,6 +239,7 @@ impl DockerCluster {
             compose: compose_cmd().expect("checked by unavailable()"),
             compose_file: workspace_root().join("docker-compose.yml"),
             envs,
+            nats_creds,
             profile_cluster: nats_cluster,
             gateway_port,
             nats_port,
@@ -267,6 +273,18 @@ impl DockerCluster {
     /// NATS client URL on the host (nats-1's client port, published on 127.0.0.1).
     pub fn nats_url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.nats_port)
+    }
+    /// The NATS credentials this project's nats nodes require (set through the compose
+    /// file's SHARDLINE_NATS_USER/SHARDLINE_NATS_PASSWORD).
+    pub fn nats_creds(&self) -> &NatsCreds {
+        &self.nats_creds
+    }
+    /// A NATS client from the host, with the project's credentials. Panics if it fails.
+    pub async fn nats_client(&self) -> async_nats::Client {
+        (self.nats_creds.apply(async_nats::ConnectOptions::new()))
+            .connect(self.nats_url())
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to NATS at {}: {e}", self.nats_url()))
     }
 
     /// Runs a compose command for this project (`--profile cluster` when in cluster mode).

@@ -12,7 +12,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use testkit::docker::{DockerCluster, Writer};
+use testkit::docker::{docker, DockerCluster, Writer};
+use testkit::NatsCreds;
 
 const RESPAWN_TIMEOUT: Duration = Duration::from_secs(60);
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -56,6 +57,42 @@ async fn verify(c: &DockerCluster, w: &Writer, what: &str) {
     );
 }
 
+/// The compose file's nats requires the credentials (an anonymous client is refused), and
+/// the manager handed them to the shard-server containers it created as environment
+/// variables, not on their command line.
+async fn check_nats_credentials(c: &DockerCluster) {
+    let err = async_nats::connect(c.nats_url())
+        .await
+        .expect_err("NATS must refuse a client without credentials");
+    assert_eq!(
+        err.kind(),
+        async_nats::ConnectErrorKind::AuthorizationViolation,
+        "{err}"
+    );
+    c.nats_client().await;
+    let NatsCreds::UserPassword { user, password } = c.nats_creds() else {
+        panic!("the compose file uses a user and password");
+    };
+    let container = c.server_container("Server0");
+    let inspect = |format: &str| {
+        let out = docker(&["inspect", "--format", format, &container]);
+        assert!(out.status.success(), "docker inspect {container}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let env = inspect("{{json .Config.Env}}");
+    let env: Vec<String> = serde_json::from_str(&env).expect("env as JSON");
+    assert!(
+        env.contains(&format!("SHARDLINE_NATS_USER={user}")),
+        "{env:?}"
+    );
+    assert!(
+        env.contains(&format!("SHARDLINE_NATS_PASSWORD={password}")),
+        "{env:?}"
+    );
+    assert!(!inspect("{{json .Args}}").contains(password.as_str()));
+    eprintln!("docker test: NATS requires credentials; {container} got them in its environment");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn docker_servers_heal() {
     let t0 = Instant::now();
@@ -63,6 +100,7 @@ async fn docker_servers_heal() {
         return;
     };
     c.init(&testkit::workload("a1")).await;
+    check_nats_credentials(&c).await;
     let mut w = Writer::default();
     assert_eq!(w.write_n(&c, 200).await, 200, "writes on a healthy cluster");
     verify(&c, &w, "initial").await;
@@ -156,10 +194,7 @@ async fn docker_nats_cluster_node_loss() {
 
     // Stop a NATS node during writes. The metadata KV bucket has a single replica, so pick a
     // node that does not hold it (the WAL streams, replicated 3 times, survive any one node).
-    let nats = async_nats::connect(c.nats_url())
-        .await
-        .expect("connect NATS");
-    let js = async_nats::jetstream::new(nats);
+    let js = async_nats::jetstream::new(c.nats_client().await);
     let leader = |name: String| {
         let js = js.clone();
         async move {
