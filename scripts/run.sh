@@ -9,6 +9,10 @@
 #   SHARDLINE_GATEWAY_PORT  gateway port on 0.0.0.0             (default 5000)
 #   SHARDLINE_NATS_CONF     nats-server config file             (default nats/nats-server.conf;
 #                           nats/durable.conf fsyncs every write)
+#   SHARDLINE_NATS_USER, SHARDLINE_NATS_PASSWORD   nats-server requires this user and password
+#   SHARDLINE_NATS_TOKEN    nats-server requires this token (instead of a user and password)
+#                           (default: no credentials; the manager, the gateway and the shard
+#                           servers read the same variables)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,6 +31,28 @@ MANAGER_URL="http://127.0.0.1:$MANAGER_PORT"
 GATEWAY_URL="http://127.0.0.1:$GATEWAY_PORT"
 
 say() { echo "run: $*"; }
+
+# NATS credentials: the same combinations the binaries accept (they check them again).
+NATS_AUTH_ARGS=()
+NATS_AUTH="none"
+if [[ -n "${SHARDLINE_NATS_TOKEN:-}" ]]; then
+    if [[ -n "${SHARDLINE_NATS_USER:-}" ]]; then
+        say "both SHARDLINE_NATS_USER and SHARDLINE_NATS_TOKEN are set; use either a user and password or a token" >&2
+        exit 1
+    fi
+    NATS_AUTH_ARGS=(--auth "$SHARDLINE_NATS_TOKEN")
+    NATS_AUTH="token"
+elif [[ -n "${SHARDLINE_NATS_USER:-}" ]]; then
+    if [[ -z "${SHARDLINE_NATS_PASSWORD:-}" ]]; then
+        say "SHARDLINE_NATS_USER is set without SHARDLINE_NATS_PASSWORD" >&2
+        exit 1
+    fi
+    NATS_AUTH_ARGS=(--user "$SHARDLINE_NATS_USER" --pass "$SHARDLINE_NATS_PASSWORD")
+    NATS_AUTH="user $SHARDLINE_NATS_USER"
+elif [[ -n "${SHARDLINE_NATS_PASSWORD:-}" ]]; then
+    say "SHARDLINE_NATS_PASSWORD is set without SHARDLINE_NATS_USER" >&2
+    exit 1
+fi
 
 # http_ok URL: true if GET URL answers 2xx.
 http_ok() {
@@ -100,9 +126,14 @@ trap 'exit 0' INT TERM
 # start NAME LOG CMD...: start CMD in its own session (so a terminal Ctrl-C reaches only
 # this script, which then stops things in order), logging stdout+stderr to LOG.
 start() {
-    local name="$1" log="$2"
+    local name="$1" log="$2" shown=() arg hide=0
     shift 2
-    echo "=== $(date '+%F %T') starting: $*" >>"$log"
+    # The log shows the command line without the NATS password or token.
+    for arg in "$@"; do
+        if ((hide)); then shown+=("<redacted>"); else shown+=("$arg"); fi
+        [[ "$arg" == --pass || "$arg" == --auth ]] && hide=1 || hide=0
+    done
+    echo "=== $(date '+%F %T') starting: ${shown[*]}" >>"$log"
     if command -v setsid >/dev/null 2>&1; then
         setsid "$@" >>"$log" 2>&1 </dev/null &
     else
@@ -134,7 +165,7 @@ wait_for() {
 }
 
 start nats "$LOGS/nats.log" "$ROOT/.tools/bin/nats-server" \
-    -c "$ROOT/$NATS_CONF" -p "$NATS_PORT" -sd "$DATA/nats"
+    -c "$ROOT/$NATS_CONF" -p "$NATS_PORT" -sd "$DATA/nats" ${NATS_AUTH_ARGS[@]+"${NATS_AUTH_ARGS[@]}"}
 wait_for "nats-server on port $NATS_PORT" 30 nats tcp_open "$NATS_PORT"
 
 start manager "$LOGS/manager.log" "$ROOT/target/release/manager" \
@@ -150,7 +181,7 @@ cat <<INFO
 shardline is running
   gateway (public API)  $GATEWAY_URL        e.g. curl $GATEWAY_URL/status
   manager (admin)       $MANAGER_URL
-  nats                  $NATS_URL  (config $NATS_CONF)
+  nats                  $NATS_URL  (config $NATS_CONF, credentials: $NATS_AUTH)
   data                  ${DATA#"$ROOT"/}/  (nats/ = JetStream store, servers/<name>/ = shard servers; kept between runs)
   logs                  ${LOGS#"$ROOT"/}/  (nats.log, manager.log, gateway.log)
 Stop with Ctrl-C here, or \`make stop\` from another terminal.
