@@ -4,8 +4,8 @@
 //! Every replica, the primary included, applies the stream strictly in sequence order through
 //! a durable pull consumer named after the server (so `nats consumer ls WAL_<shard>` shows each
 //! replica's progress), commits each batch in one SQLite transaction together with the last
-//! applied sequence, acknowledges the batch cumulatively to JetStream, and announces its
-//! applied sequence on a core-NATS subject that the primary listens to.
+//! applied sequence, announces that sequence on a core-NATS subject that the primary listens
+//! to, and acknowledges to JetStream cumulatively, at most every [`ACK_INTERVAL`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,6 +27,11 @@ use crate::store::{self, Outcome, Store};
 
 /// Most entries applied in one SQLite transaction.
 const MAX_BATCH: usize = 1024;
+/// Longest a replica defers acknowledging applied entries to JetStream. Acks only show
+/// progress (`nats consumer ls`): a restarted replica resumes from the sequence stored with
+/// its data, not from its ack floor. So one cumulative ack per interval replaces one per
+/// batch, which under load was a message, and in durable mode a disk write, per entry.
+const ACK_INTERVAL: Duration = Duration::from_millis(50);
 /// Most client requests a primary folds into one WAL entry (group commit).
 const MAX_OPS_PER_ENTRY: usize = 128;
 /// Most rows a group-committed entry may carry (a single larger request goes alone).
@@ -477,11 +482,22 @@ impl Replica {
             .messages()
             .await?;
         self.mark_caught_up_if(applied >= target, started);
+        // The last applied message not yet acknowledged to JetStream, and when we last did.
+        let mut unacked: Option<jetstream::Message> = None;
+        let mut last_ack = Instant::now();
         loop {
-            let first = messages
-                .next()
-                .await
-                .ok_or_else(|| anyhow::anyhow!("message stream ended"))??;
+            let next = match &unacked {
+                None => messages.next().await,
+                Some(_) => match tokio::time::timeout(ACK_INTERVAL, messages.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        // Quiet for a while: make the consumer's progress current.
+                        ack(unacked.take(), &mut last_ack).await?;
+                        continue;
+                    }
+                },
+            };
+            let first = next.ok_or_else(|| anyhow::anyhow!("message stream ended"))??;
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match messages.next().now_or_never() {
@@ -514,20 +530,20 @@ impl Replica {
                         .map(|v| v.to_string()),
                 );
             }
-            if let Some(last) = batch.last() {
-                if !entries.is_empty() {
-                    let count = entries.len();
-                    let (seq, term, outcomes) = self.commit(entries).await?;
-                    crate::metrics::applied(self.shard.as_str(), count, seq);
-                    applied = seq;
-                    self.applied.store(seq, Ordering::Release);
-                    self.term.store(term, Ordering::Release);
-                    self.resolve(&ids, outcomes);
-                    self.record_ack(self.server.clone(), seq);
-                    self.announce(seq).await;
-                }
-                // AckAll: one ack covers the whole batch.
-                last.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            if !entries.is_empty() {
+                let count = entries.len();
+                let (seq, term, outcomes) = self.commit(entries).await?;
+                crate::metrics::applied(self.shard.as_str(), count, seq);
+                applied = seq;
+                self.applied.store(seq, Ordering::Release);
+                self.term.store(term, Ordering::Release);
+                self.resolve(&ids, outcomes);
+                self.record_ack(self.server.clone(), seq);
+                self.announce(seq).await;
+            }
+            unacked = batch.pop();
+            if last_ack.elapsed() >= ACK_INTERVAL {
+                ack(unacked.take(), &mut last_ack).await?;
             }
             self.mark_caught_up_if(applied >= target, started);
         }
@@ -579,6 +595,15 @@ impl Drop for Replica {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Acknowledges `msg` and, the consumer being AckAll, every message before it.
+async fn ack(msg: Option<jetstream::Message>, last_ack: &mut Instant) -> anyhow::Result<()> {
+    if let Some(msg) = msg {
+        msg.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    *last_ack = Instant::now();
+    Ok(())
 }
 
 /// Keys an op names (inserted rows' keys, or the updated/deleted key).

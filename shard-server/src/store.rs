@@ -102,6 +102,9 @@ struct Writer {
 
 /// Idle read connections kept for reuse; more are opened when all are busy.
 const IDLE_READERS: usize = 4;
+/// Read connections opened with the store (reads run in place, so about one per worker
+/// thread is busy at a time).
+const WARM_READERS: usize = 2;
 
 pub struct Store {
     schema: Schema,
@@ -166,7 +169,7 @@ impl Store {
         )?;
         tx.commit()?;
         let (applied, term) = read_position(&conn)?;
-        Ok(Store {
+        let store = Store {
             schema: schema.clone(),
             sql: Statements::new(schema),
             path: path.to_owned(),
@@ -177,7 +180,24 @@ impl Store {
                 term,
             }),
             readers: Mutex::new(Vec::new()),
-        })
+        };
+        // Readers opened now, their statements prepared, so the first reads do not pay.
+        let readers = (0..WARM_READERS)
+            .map(|_| store.open_reader())
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        *lock(&store.readers) = readers;
+        Ok(store)
+    }
+
+    fn open_reader(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.prepare_cached(&self.sql.range_json)?;
+        conn.prepare_cached(&self.sql.exists)?;
+        Ok(conn)
     }
 
     /// Whether a commit waits for the disk (`synchronous=FULL`): callers then apply on the
@@ -331,14 +351,7 @@ impl Store {
         let idle = lock(&self.readers).pop();
         let mut conn = match idle {
             Some(c) => c,
-            None => {
-                let c = Connection::open_with_flags(
-                    &self.path,
-                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )?;
-                c.busy_timeout(Duration::from_secs(5))?;
-                c
-            }
+            None => self.open_reader()?,
         };
         let result = f(&mut conn);
         let mut idle = lock(&self.readers);
