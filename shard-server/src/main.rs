@@ -67,12 +67,32 @@ struct Config {
     /// Longest accepted String value in bytes.
     #[arg(long, env = "SHARDLINE_MAX_STRING_BYTES", default_value_t = shardline::schema::DEFAULT_MAX_STRING_BYTES)]
     max_string_bytes: usize,
+    /// Threads serving requests and applying the log. 1 (a single-threaded runtime) is the
+    /// cheapest when several servers share a few cores, as in the local cluster; raise it
+    /// for a server alone on a big machine (0 = one per core).
+    #[arg(long, env = "SHARDLINE_WORKER_THREADS", default_value_t = 1)]
+    worker_threads: usize,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     shardline::telemetry::init_logging();
     let config = Config::parse();
+    let runtime = match config.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 1 {
+                b.worker_threads(n);
+            }
+            b.enable_all().build()?
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(?config, "starting shard-server");
     let name = ServerName::parse(&config.name).map_err(anyhow::Error::msg)?;
     let nats_auth = config.nats_auth.auth()?;
