@@ -75,6 +75,11 @@ struct Args {
     /// Acknowledged keys read back one by one after the load (at least 1000, or all).
     #[arg(long, default_value_t = 1_000)]
     verify_sample: usize,
+    /// Rounds: every configuration is run this many times, interleaved (a1 a2 a3 a1 a2 a3
+    /// ...), each on a fresh cluster; the table and the targets use each figure's median,
+    /// so a slow moment of a shared machine does not decide a comparison.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Tiny run for `make test`: 300 writes, 300 reads, a1 only, no sweeps, no charts.
     #[arg(long)]
     smoke: bool,
@@ -422,6 +427,16 @@ async fn read_phase(
     );
     let pattern: Arc<Vec<u8>> = Arc::new(format!("\"{key}\":").into_bytes());
     let http = ctx.http.clone();
+    // A write is acknowledged once a majority applied it; the other replicas may still be
+    // applying the tail of the log. Let them finish, so the read phase measures reads.
+    let settled = verify::settle(&http, &c.gateway_url, Duration::from_secs(60)).await;
+    match &settled {
+        Ok(d) => println!(
+            "  every replica applied the whole log {} ms after the write phase",
+            d.as_millis()
+        ),
+        Err(e) => println!("  replicas still behind after 60 s: {e}"),
+    }
     let probe = probe_start(c);
     let phase = load::run(name, n, clients, ctx.max, move |i| {
         let req = http
@@ -447,7 +462,8 @@ async fn read_phase(
         }
     })
     .await;
-    let (res, line) = probe_end(c, &probe, phase.elapsed);
+    let (mut res, line) = probe_end(c, &probe, phase.elapsed);
+    res["replicas_settled_ms"] = settled.map_or(Value::Null, |d| json!(d.as_millis() as u64));
     print_phase(&phase, "reads");
     println!(
         "    rows returned per read: {:.1}",
@@ -847,6 +863,55 @@ async fn run_sweeps(ctx: &Ctx) -> anyhow::Result<(Value, bool)> {
 // Report
 // ---------------------------------------------------------------------------------------
 
+/// One summary from several rounds of a configuration: the last round's, with each
+/// throughput and latency figure replaced by its median over the rounds, and every round's
+/// figures under `rounds`. One round: that round's summary as it is.
+fn medians(mut runs: Vec<Value>) -> Value {
+    let Some(mut out) = runs.pop() else {
+        return Value::Null;
+    };
+    if runs.is_empty() {
+        return out;
+    }
+    runs.push(out.clone());
+    let figures: [&[&str]; 10] = [
+        &["write", "throughput_per_s"],
+        &["write", "latency_ms", "p50"],
+        &["write", "latency_ms", "p90"],
+        &["write", "latency_ms", "p99"],
+        &["write", "latency_ms", "max"],
+        &["read", "throughput_per_s"],
+        &["read", "latency_ms", "p50"],
+        &["read", "latency_ms", "p90"],
+        &["read", "latency_ms", "p99"],
+        &["read", "latency_ms", "max"],
+    ];
+    for path in figures {
+        let mut xs: Vec<f64> = runs.iter().map(|r| f(r, path)).collect();
+        xs.sort_by(f64::total_cmp);
+        let mid = xs[xs.len() / 2];
+        let slot = path.iter().fold(&mut out, |v, k| &mut v[*k]);
+        *slot = json!(round3(mid));
+    }
+    out["rounds"] = Value::Array(
+        runs.iter()
+            .map(|r| {
+                json!({
+                    "writes_per_s": r["write"]["throughput_per_s"],
+                    "write_p99_ms": r["write"]["latency_ms"]["p99"],
+                    "reads_per_s": r["read"]["throughput_per_s"],
+                    "read_p99_ms": r["read"]["latency_ms"]["p99"],
+                })
+            })
+            .collect(),
+    );
+    out["figures_are"] = json!(format!(
+        "medians of {} rounds (CPU, memory, histograms: the last round)",
+        runs.len()
+    ));
+    out
+}
+
 fn f(v: &Value, path: &[&str]) -> f64 {
     let mut cur = v;
     for p in path {
@@ -1020,10 +1085,25 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
         args.out.display()
     );
     let mut all_ok = true;
+    let mut runs: Vec<Vec<Value>> = vec![Vec::new(); args.configs.len()];
+    for round in 1..=args.rounds.max(1) {
+        if args.rounds > 1 {
+            println!("-- round {round} of {}", args.rounds);
+        }
+        for (i, c) in args.configs.iter().enumerate() {
+            let (s, ok) = run_config(&ctx, c).await?;
+            all_ok &= ok;
+            runs[i].push(s);
+        }
+    }
     let mut summaries = Vec::new();
-    for c in &args.configs {
-        let (s, ok) = run_config(&ctx, c).await?;
-        all_ok &= ok;
+    for runs in runs {
+        let s = medians(runs);
+        let label = s["label"].as_str().unwrap_or("run").to_owned();
+        std::fs::write(
+            args.out.join(format!("{label}.json")),
+            serde_json::to_string_pretty(&s)?,
+        )?;
         summaries.push(s);
     }
     // The other mode (durable vs default) from an earlier run, beside this one.
@@ -1043,6 +1123,12 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
         all_ok &= ok;
     }
     print_table(&rows);
+    if args.rounds > 1 {
+        println!(
+            "(this run's figures: medians of {} interleaved rounds, each on a fresh cluster; every round in <config>.json under \"rounds\")",
+            args.rounds
+        );
+    }
     if rows.iter().any(|(_, n)| !n.is_empty()) {
         println!(
             "(* = from an earlier run's JSON in {}, shown beside this run)",

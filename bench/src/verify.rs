@@ -15,6 +15,32 @@ pub struct Verify {
     pub problems: Vec<String>,
 }
 
+/// Waits until every replica of every shard has applied its shard's whole log (as `/status`
+/// reports) and returns how long that took, or who still lags at the deadline.
+pub async fn settle(
+    http: &reqwest::Client,
+    gateway: &str,
+    timeout: Duration,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    loop {
+        let st: Result<Value, String> = async {
+            let r = http.get(format!("{gateway}/status")).send().await;
+            r.map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        let lag = st.and_then(|st| testkit::check::converged(&st));
+        match lag {
+            Ok(()) => return Ok(started.elapsed()),
+            Err(e) if started.elapsed() > timeout => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
 /// `acked`: key → marks of every row acknowledged with 200. `key_col`: the shard key column.
 pub async fn verify(
     http: &reqwest::Client,
