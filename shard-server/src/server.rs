@@ -26,7 +26,7 @@ pub struct Server {
     pub sync: Sync,
     pub commit_timeout: Duration,
     pub max_string_bytes: usize,
-    schema: RwLock<Option<Schema>>,
+    schema: RwLock<Option<Arc<Schema>>>,
     replicas: RwLock<HashMap<ShardId, Arc<Replica>>>,
     /// Serialises `/config` so two concurrent calls cannot open one database twice.
     configuring: tokio::sync::Mutex<()>,
@@ -72,7 +72,7 @@ impl Server {
         }
     }
 
-    pub fn schema(&self) -> Option<Schema> {
+    pub fn schema(&self) -> Option<Arc<Schema>> {
         read(&self.schema).clone()
     }
 
@@ -98,13 +98,13 @@ impl Server {
         {
             let mut current = self.schema.write().unwrap_or_else(|p| p.into_inner());
             match current.as_ref() {
-                Some(s) if *s != schema => {
+                Some(s) if **s != schema => {
                     return Err(ApiError::Conflict(format!(
                         "server {} is already configured with a different schema",
                         self.name
                     )))
                 }
-                _ => *current = Some(schema.clone()),
+                _ => *current = Some(Arc::new(schema.clone())),
             }
         }
         std::fs::create_dir_all(&self.data_dir).map_err(|e| {

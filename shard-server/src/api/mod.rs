@@ -70,7 +70,7 @@ fn shard_field(body: &serde_json::Map<String, serde_json::Value>) -> Result<Stri
     }
 }
 
-fn configured_schema(server: &Server) -> Result<shardline::schema::Schema, ApiError> {
+fn configured_schema(server: &Server) -> Result<Arc<shardline::schema::Schema>, ApiError> {
     server.schema().ok_or_else(|| {
         ApiError::Unavailable(format!("server {} is not configured yet", server.name))
     })
