@@ -1,6 +1,6 @@
 # The benchmark (bench/, crate shardline-bench). Included from the top-level Makefile.
 #
-#   make bench           release build, install nats-server, A1/A2/A3 (3 interleaved rounds, medians) + sweeps on A1
+#   make bench           release build, install nats-server, A1/A2/A3 (5 interleaved rounds, medians) + sweeps on A1
 #   make bench-durable   the same configurations with --durable (fsync everywhere)
 #   make bench-smoke     a tiny run (300 writes, 300 reads, A1) on the debug binaries; part of `make test`
 #
@@ -15,10 +15,10 @@ bench-build: nats
 	cargo build --release --workspace --bins
 
 bench: bench-build ## release build + the full benchmark (A1/A2/A3, sweeps); results in bench/results
-	target/release/shardline-bench --sweeps --rounds 3 --out $(BENCH_OUT) $(BENCH_ARGS)
+	target/release/shardline-bench --sweeps --rounds 5 --out $(BENCH_OUT) $(BENCH_ARGS)
 
 bench-durable: bench-build ## the benchmark in durable mode (fsync in JetStream and SQLite)
-	target/release/shardline-bench --durable --rounds 3 --out $(BENCH_OUT) $(BENCH_ARGS)
+	target/release/shardline-bench --durable --rounds 5 --out $(BENCH_OUT) $(BENCH_ARGS)
 
 bench-smoke: nats ## tiny benchmark run (a few hundred requests) so the bench never rots
 	cargo build --workspace --bins
