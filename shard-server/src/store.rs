@@ -5,7 +5,7 @@
 //!
 //! Calls are synchronous and short (a prepared statement or a small transaction), so the
 //! async code runs them in place: no hop to another thread per query, which on two cores
-//! was the largest single cost of a write or a read (see ARCHITECTURE.md, "Performance").
+//! was the largest single cost of a write or a read (README.md, "Performance").
 //! The calls that can take long (a whole snapshot, a restore, a commit that fsyncs in
 //! durable mode) are run on tokio's blocking pool by their callers.
 
