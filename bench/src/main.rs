@@ -998,8 +998,8 @@ fn print_table(rows: &[(Value, &str)]) {
         }
         if let Some(a3) = find("a3") {
             let x = f(a3, &["read", "throughput_per_s"]) / r;
-            let cost = f(a3, &["read", "cpu_us_per_request"])
-                / f(a1, &["read", "cpu_us_per_request"]);
+            let cost =
+                f(a3, &["read", "cpu_us_per_request"]) / f(a1, &["read", "cpu_us_per_request"]);
             println!(
                 "targets: A3 reads = {x:.2} x A1 reads (>= 0.9): {} (CPU per read: A3 = {cost:.2} x A1)",
                 yes(x >= 0.9)
