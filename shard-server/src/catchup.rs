@@ -3,17 +3,33 @@
 //! of replaying the whole history. When no peer can give one, the applier replays the log.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
-use shardline::meta::Health;
+use shardline::meta::{ClusterMeta, Health};
 use shardline::names::ShardId;
 
 use crate::server::Server;
 use crate::store::{self, Store};
 
+/// How long a replica waits for the cluster metadata (to find its peers) before giving up
+/// on a snapshot and replaying the log instead.
+const META_WAIT: Duration = Duration::from_secs(5);
+
 pub async fn restore_from_peer(server: &Server, shard: &ShardId, store: &Arc<Store>) {
-    let Some(meta) = server.current_meta() else {
+    // The manager's /config can arrive before this server's metadata watcher has its first
+    // value (a respawned server answers HTTP at once): wait for a document naming the shard.
+    let mut rx = server.meta.clone();
+    let names_shard = |m: &Option<Arc<ClusterMeta>>| {
+        m.as_ref()
+            .is_some_and(|m| m.shard(shard.as_str()).is_some())
+    };
+    let meta = match tokio::time::timeout(META_WAIT, rx.wait_for(names_shard)).await {
+        Ok(Ok(m)) => m.clone(),
+        _ => None,
+    };
+    let Some(meta) = meta else {
+        tracing::warn!(shard = %shard, server = %server.name, "no cluster metadata naming the shard yet; replaying the log instead of copying a snapshot");
         return;
     };
     let primary = meta.shard(shard.as_str()).and_then(|s| s.primary.clone());

@@ -484,7 +484,10 @@ impl Replica {
         self.mark_caught_up_if(applied >= target, started);
         // The last applied message not yet acknowledged to JetStream, and when we last did.
         let mut unacked: Option<jetstream::Message> = None;
-        let mut last_ack = Instant::now();
+        // As if the last ack were an interval ago: the first batch is acked at once.
+        let mut last_ack = Instant::now()
+            .checked_sub(ACK_INTERVAL)
+            .unwrap_or_else(Instant::now);
         loop {
             let next = match &unacked {
                 None => messages.next().await,

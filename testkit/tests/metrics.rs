@@ -144,7 +144,15 @@ async fn counters_move() {
     // The manager: a killed server misses heartbeats, is respawned, and its shards get new
     // primaries when it led them.
     let mg = format!("{}/metrics", c.manager_url());
-    let m0 = scrape(&c, &mg).await;
+    // The lag gauges appear with the first heartbeat round that reports applied sequences.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let m0 = loop {
+        let m = scrape(&c, &mg).await;
+        if m.contains("shardline_manager_replica_lag{") || std::time::Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(m0.contains("shardline_manager_replica_lag{"), "{m0}");
     // /init names the first primaries without an election; failover elects.
     let elections0 = sample(&m0, "shardline_manager_elections_total", &[]);
