@@ -194,6 +194,13 @@ impl Replica {
 
     async fn append_group(self: &Arc<Self>, term: Term, group: Vec<Proposal>) {
         let group = self.refuse_doomed(group).await;
+        self.append_fitting(term, group).await;
+    }
+
+    /// Appends the group as one entry if it fits in a NATS message; otherwise appends each
+    /// half on its own, down to a single request, which is refused with 413 if it alone is
+    /// too large (rather than a 503 from the failed publish).
+    async fn append_fitting(self: &Arc<Self>, term: Term, group: Vec<Proposal>) {
         if group.is_empty() {
             return;
         }
@@ -210,11 +217,39 @@ impl Replica {
             by: self.server.to_string(),
             ts_ms: now_ms(),
         };
+        let payload = entry.encode();
+        let max = self.nats.server_info().max_payload;
+        if max > 0 && payload.len() > max {
+            let ops = match entry.op {
+                WalOp::Batch { ops } => ops,
+                one => vec![one],
+            };
+            if ops.len() == 1 {
+                let e = ApiError::PayloadTooLarge(format!(
+                    "shard {}: the write needs a {}-byte log entry; the log takes at most {max} bytes per entry (send fewer or smaller rows)",
+                    self.shard,
+                    payload.len()
+                ));
+                for r in replies {
+                    let _ = r.send(Err(e.clone()));
+                }
+                return;
+            }
+            let mut group: Vec<Proposal> = ops
+                .into_iter()
+                .zip(replies)
+                .map(|(op, reply)| Proposal { op, term, reply })
+                .collect();
+            let second = group.split_off(group.len() / 2);
+            Box::pin(self.append_fitting(term, group)).await;
+            Box::pin(self.append_fitting(term, second)).await;
+            return;
+        }
         let deadline = Instant::now() + self.commit_timeout;
         let id = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id.clone(), tx);
-        match self.append(&id, entry, deadline).await {
+        match self.append(&id, payload, deadline).await {
             Err(e) => {
                 lock(&self.pending).remove(&id);
                 for r in replies {
@@ -271,9 +306,9 @@ impl Replica {
     }
 
     /// Appends the entry and returns its sequence once JetStream has stored it.
-    async fn append(&self, id: &str, entry: WalEntry, deadline: Instant) -> Result<Seq, ApiError> {
+    async fn append(&self, id: &str, payload: Vec<u8>, deadline: Instant) -> Result<Seq, ApiError> {
         let publish = PublishMessage::build()
-            .payload(entry.encode().into())
+            .payload(payload.into())
             .message_id(id);
         let ack = self
             .js

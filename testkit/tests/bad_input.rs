@@ -599,6 +599,20 @@ fn data_cases() -> Vec<Case> {
         404,
         "4001",
     ));
+    // Within the body limit, but its log entry is over nats-server's max_payload (1 MiB
+    // here): refused whole, before anything reaches the log.
+    let wide = "w".repeat(3_500);
+    let rows: Vec<Value> = (0..350)
+        .map(|i| json!({"Stud_id": 1001 + 2 * i, "Stud_name": wide, "Stud_marks": 1}))
+        .collect();
+    v.push(case(
+        "write whose log entry exceeds max_payload",
+        "POST",
+        "/write",
+        j(json!({ "data": rows })),
+        413,
+        "log takes at most",
+    ));
     // Body limit (default 8 MiB).
     let big = "x".repeat(9 << 20);
     for path in ["/write", "/init", "/read"] {
