@@ -193,17 +193,27 @@ async fn respawn_one<R: Runtime>(cluster: &Cluster<R>, name: &ServerName) -> any
     tracing::info!(server = %name, "respawning");
     metrics::counter!(crate::metrics::RESPAWNS, "server" => name.to_string()).increment(1);
     let addr = cluster.runtime.spawn(name).await?;
-    cluster
+    let present = cluster
         .meta
         .update(|m| {
             let mut m = m.ok_or_else(crate::cluster::not_configured)?;
-            if let Some(s) = m.servers.get_mut(name) {
-                s.addr = addr.clone();
-                s.health = Health::Recovering;
-            }
-            Ok((Some(m), ()))
+            let present = match m.servers.get_mut(name) {
+                Some(s) => {
+                    s.addr = addr.clone();
+                    s.health = Health::Recovering;
+                    true
+                }
+                None => false,
+            };
+            Ok((Some(m), present))
         })
         .await?;
+    if !present {
+        // `/rm` took the server out while it was being respawned (its runtime.remove may
+        // have run before this spawn): the new process belongs to no cluster.
+        cluster.runtime.remove(name).await?;
+        anyhow::bail!("removed from the cluster while being respawned; the new process is stopped");
+    }
     cluster.bring_up(vec![name.clone()]).await?;
     Ok(())
 }

@@ -735,3 +735,46 @@ async fn catch_up_time_4096_row_shard() {
 async fn catch_up_time_100k_row_shard() {
     big_shard_catch_up(100_000).await;
 }
+
+/// `/rm` of a server the manager is respawning at that moment: whichever comes first, no
+/// process of the removed server may be left running.
+#[tokio::test(flavor = "multi_thread")]
+async fn rm_during_respawn_leaves_no_process() {
+    let c = start_a1().await;
+    let victim = pure_secondary(&status(&c).await);
+    let manager = c.manager_pid();
+    assert!(signal(manager, libc::SIGSTOP), "cannot pause the manager");
+    let (pid, _) = kill(&c, &victim);
+    assert!(
+        wait_until(Duration::from_secs(5), || async { !pid_alive(pid) }).await,
+        "{victim} did not die"
+    );
+    // Resumed, the manager finds the process gone at its next heartbeat and respawns it;
+    // the /rm is sent as soon as the respawn has begun, while the new process starts.
+    assert!(signal(manager, libc::SIGCONT), "cannot resume the manager");
+    let respawning = || {
+        fs::read_to_string(c.logs_dir().join("manager.log"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("respawning") && l.contains(&format!("server={victim}")))
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || async { respawning() }).await,
+        "the manager did not start respawning {victim}"
+    );
+    let (code, body) = c
+        .delete("/rm", json!({"n": 1, "servers": [victim.clone()]}))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let gone = || c.server_pid(&victim).is_none_or(|p| !pid_alive(p));
+    assert!(
+        wait_until(Duration::from_secs(10), || async { gone() }).await,
+        "removed {victim} still runs as pid {:?}",
+        c.server_pid(&victim)
+    );
+    // And it stays gone through several heartbeat rounds.
+    let back = wait_until(Duration::from_secs(2), || async { !gone() }).await;
+    assert!(!back, "a process of removed {victim} came back");
+    let st = status(&c).await;
+    assert!(st["health"].get(&victim).is_none(), "{st:#}");
+}
