@@ -66,18 +66,8 @@ PY
     fi
 }
 
-# alive PID: the process exists and is not a zombie.
-alive() {
-    local pid="$1" stat
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    if [[ -r "/proc/$pid/stat" ]]; then
-        stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
-        stat="${stat##*) }"
-        [[ "${stat:0:1}" != "Z" && "${stat:0:1}" != "X" ]]
-    else
-        kill -0 "$pid" 2>/dev/null
-    fi
-}
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 
 # tcp_open PORT: something accepts connections on 127.0.0.1:PORT.
 tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

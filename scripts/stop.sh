@@ -10,18 +10,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DATA="${SHARDLINE_DATA_DIR:-$ROOT/data}"
 RUN="$DATA/run"
 
-# alive PID: the process exists and is not a zombie.
-alive() {
-    local pid="$1" stat
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    if [[ -r "/proc/$pid/stat" ]]; then
-        stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
-        stat="${stat##*) }"
-        [[ "${stat:0:1}" != "Z" && "${stat:0:1}" != "X" ]]
-    else
-        kill -0 "$pid" 2>/dev/null
-    fi
-}
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 
 # is_prog PID NAME: the process's command line mentions NAME (guards against pid reuse).
 is_prog() {
