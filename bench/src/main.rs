@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use bytes::Bytes;
 use clap::Parser;
+use memchr::memmem;
 use rand::seq::SliceRandom as _;
 use rand::Rng as _;
 use serde_json::{json, Value};
@@ -364,10 +366,11 @@ async fn write_phase(
     clients: usize,
 ) -> (Phase, HashMap<i64, i64>, Value) {
     let n = keys.len() / rpw.max(1);
-    let url = format!("{}/write", c.gateway_url);
-    let bodies: Arc<Vec<String>> = Arc::new(
+    let url = phase_url(c, "/write");
+    // Built before the clock starts; a `Bytes` clone per request is a reference count.
+    let bodies: Arc<Vec<Bytes>> = Arc::new(
         (0..n)
-            .map(|i| wl.write_body(&keys[i * rpw..(i + 1) * rpw]))
+            .map(|i| Bytes::from(wl.write_body(&keys[i * rpw..(i + 1) * rpw])))
             .collect(),
     );
     let http = ctx.http.clone();
@@ -375,7 +378,7 @@ async fn write_phase(
     let b2 = bodies.clone();
     let phase = load::run(name, n, clients, ctx.max, move |i| {
         let req = http
-            .post(&url)
+            .post(url.clone())
             .header("content-type", "application/json")
             .body(b2[i].clone());
         async move {
@@ -404,6 +407,12 @@ async fn write_phase(
     (phase, acked, res)
 }
 
+/// The gateway URL of a load phase, parsed once rather than per request.
+fn phase_url(c: &Cluster, path: &str) -> reqwest::Url {
+    reqwest::Url::parse(&format!("{}{path}", c.gateway_url))
+        .expect("the gateway URL is built from a socket address")
+}
+
 async fn read_phase(
     ctx: &Ctx,
     c: &Cluster,
@@ -412,20 +421,24 @@ async fn read_phase(
     n: usize,
     clients: usize,
 ) -> (Phase, Value) {
-    let url = format!("{}/read", c.gateway_url);
+    let url = phase_url(c, "/read");
     let width = ctx.args.read_width;
     let max_low = (wl.hi - width).max(wl.lo + 1);
     let mut rng = rand::rng();
     let key = wl.key_col().to_owned();
-    let bodies: Arc<Vec<String>> = Arc::new(
+    let bodies: Arc<Vec<Bytes>> = Arc::new(
         (0..n)
             .map(|_| {
                 let l = rng.random_range(wl.lo..max_low);
-                format!("{{\"{key}\":{{\"low\":{l},\"high\":{}}}}}", l + width)
+                Bytes::from(format!(
+                    "{{\"{key}\":{{\"low\":{l},\"high\":{}}}}}",
+                    l + width
+                ))
             })
             .collect(),
     );
-    let pattern: Arc<Vec<u8>> = Arc::new(format!("\"{key}\":").into_bytes());
+    // Rows are counted by their key field; the finder is built once, not per response.
+    let pattern = Arc::new(memmem::Finder::new(format!("\"{key}\":").as_bytes()).into_owned());
     let http = ctx.http.clone();
     // A write is acknowledged once a majority applied it; the other replicas may still be
     // applying the tail of the log. Let them finish, so the read phase measures reads.
@@ -440,7 +453,7 @@ async fn read_phase(
     let probe = probe_start(c);
     let phase = load::run(name, n, clients, ctx.max, move |i| {
         let req = http
-            .post(&url)
+            .post(url.clone())
             .header("content-type", "application/json")
             .body(bodies[i].clone());
         let pattern = pattern.clone();
@@ -449,10 +462,7 @@ async fn read_phase(
                 Ok(r) => {
                     let s = r.status().as_u16();
                     let rows = match r.bytes().await {
-                        Ok(b) => b
-                            .windows(pattern.len())
-                            .filter(|w| *w == &pattern[..])
-                            .count() as u64,
+                        Ok(b) => pattern.find_iter(&b).count() as u64,
                         Err(_) => 0,
                     };
                     (s, rows)

@@ -203,7 +203,7 @@ async fn fetch(
     upstream::call_raw(
         &state.http,
         Method::POST,
-        &upstream::url(&target.addr, "/read"),
+        target.url("/read"),
         Some(req),
     )
     .await
@@ -230,8 +230,8 @@ pub async fn read_server(
     let target = cluster
         .target(&server)
         .ok_or_else(|| ApiError::NotFound(format!("server {server} not found")))?;
-    let url = upstream::url(&target.addr, "/read_all");
-    let mut answer = upstream::call(&state.http, Method::GET, &url, None)
+    let url = target.url("/read_all");
+    let mut answer = upstream::call(&state.http, Method::GET, url, None)
         .await
         .map_err(|e| match e {
             CallError::Connect(e) | CallError::Transport(e) => {

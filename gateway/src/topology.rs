@@ -51,13 +51,23 @@ pub struct Cluster {
     /// KV revision this snapshot was read at.
     pub revision: u64,
     rings: HashMap<String, HashRing>,
+    /// Each server's base URL, parsed once per metadata revision rather than per request.
+    bases: HashMap<String, reqwest::Url>,
 }
 
-/// Where to send a request: a server and its `host:port`.
+/// Where to send a request: a server and its base URL (`http://host:port/`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub name: ServerName,
-    pub addr: String,
+    pub base: reqwest::Url,
+}
+
+impl Target {
+    pub fn url(&self, path: &str) -> reqwest::Url {
+        let mut url = self.base.clone();
+        url.set_path(path);
+        url
+    }
 }
 
 impl Cluster {
@@ -70,10 +80,22 @@ impl Cluster {
                 (s.id.as_str().to_owned(), HashRing::new(hash, replicas))
             })
             .collect();
+        let bases = meta
+            .servers
+            .iter()
+            .filter_map(|(name, m)| {
+                let base = reqwest::Url::parse(&format!("http://{}/", m.addr));
+                if let Err(e) = &base {
+                    tracing::warn!(server = %name, addr = %m.addr, error = %e, "unusable server address");
+                }
+                Some((name.as_str().to_owned(), base.ok()?))
+            })
+            .collect();
         Cluster {
             meta,
             revision,
             rings,
+            bases,
         }
     }
 
@@ -82,13 +104,11 @@ impl Cluster {
     }
 
     pub fn target(&self, server: &str) -> Option<Target> {
-        self.meta
-            .servers
-            .get_key_value(server)
-            .map(|(name, m)| Target {
-                name: name.clone(),
-                addr: m.addr.clone(),
-            })
+        let (name, _) = self.meta.servers.get_key_value(server)?;
+        Some(Target {
+            name: name.clone(),
+            base: self.bases.get(server)?.clone(),
+        })
     }
 
     /// Whether `server` may serve reads: up and not catching up.

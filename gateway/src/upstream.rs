@@ -38,15 +38,11 @@ pub enum CallError {
     Status(ApiError),
 }
 
-pub fn url(addr: &str, path: &str) -> String {
-    format!("http://{addr}{path}")
-}
-
 /// Sends one request with an optional JSON body and decodes a JSON answer.
 pub async fn call(
     http: &reqwest::Client,
     method: Method,
-    url: &str,
+    url: impl reqwest::IntoUrl,
     body: Option<&Value>,
 ) -> Result<Value, CallError> {
     let bytes = call_raw(http, method, url, body).await?;
@@ -62,7 +58,7 @@ pub async fn call(
 pub async fn call_raw(
     http: &reqwest::Client,
     method: Method,
-    url: &str,
+    url: impl reqwest::IntoUrl,
     body: Option<&Value>,
 ) -> Result<bytes::Bytes, CallError> {
     let mut req = http.request(method, url);
@@ -148,7 +144,7 @@ pub async fn to_primary(
     let hint = match call(
         &state.http,
         method.clone(),
-        &url(&first.addr, path),
+        first.url(path),
         Some(body),
     )
     .await
@@ -168,7 +164,7 @@ pub async fn to_primary(
         Err(CallError::Status(e)) => return Err(e),
     };
     let second = wait_for_primary(&mut rx, shard, Some(&first.name), hint, wait).await?;
-    match call(&state.http, method, &url(&second.addr, path), Some(body)).await {
+    match call(&state.http, method, second.url(path), Some(body)).await {
         Ok(v) => Ok(v),
         Err(CallError::Status(ApiError::NotPrimary { message, .. })) => {
             Err(ApiError::Unavailable(format!(

@@ -577,7 +577,10 @@ impl Replica {
                 self.term.store(term, Ordering::Release);
                 self.resolve(&ids, outcomes);
                 self.record_ack(self.server.clone(), seq);
-                self.announce(seq).await;
+                // The primary counts itself above; only the others' announcements travel.
+                if !self.is_primary() {
+                    self.announce(seq).await;
+                }
             }
             unacked = batch.pop();
             if last_ack.elapsed() >= ACK_INTERVAL {
