@@ -142,7 +142,8 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("invalid NATS url {}", config.nats_url))?;
     let jetstream = async_nats::jetstream::new(nats.clone());
     let topology = topology::spawn(jetstream.clone(), config.ring_hash);
-    let http = upstream::client(Duration::from_millis(config.request_timeout_ms))?;
+    let upstream = upstream::client(Duration::from_millis(config.request_timeout_ms));
+    let http = upstream::manager_client()?;
 
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
@@ -154,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
         config,
         topology,
         jetstream,
+        upstream,
         http,
         metrics,
     });

@@ -9,7 +9,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
-use reqwest::Method;
+use hyper::Method;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use shardline::body::ApiJson;
@@ -201,9 +201,9 @@ async fn fetch(
         .target(server.as_str())
         .ok_or_else(|| CallError::Connect(format!("server {server} has no address")))?;
     upstream::call_raw(
-        &state.http,
+        &state.upstream,
         Method::POST,
-        target.url("/read"),
+        target.uri("/read"),
         Some(req),
     )
     .await
@@ -230,8 +230,7 @@ pub async fn read_server(
     let target = cluster
         .target(&server)
         .ok_or_else(|| ApiError::NotFound(format!("server {server} not found")))?;
-    let url = target.url("/read_all");
-    let mut answer = upstream::call(&state.http, Method::GET, url, None)
+    let mut answer = upstream::call(&state.upstream, Method::GET, target.uri("/read_all"), None)
         .await
         .map_err(|e| match e {
             CallError::Connect(e) | CallError::Transport(e) => {

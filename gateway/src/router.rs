@@ -19,6 +19,9 @@ pub struct AppState {
     pub topology: TopologyRx,
     /// For /status: WAL stream and consumer progress.
     pub jetstream: jetstream::Context,
+    /// Calls to the shard servers.
+    pub upstream: crate::upstream::Client,
+    /// Calls to the manager.
     pub http: reqwest::Client,
     /// Renders the process's metrics for `GET /metrics`.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,

@@ -13,6 +13,8 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use async_nats::jetstream::kv::{Entry, Operation};
 use futures::StreamExt;
+use hyper::http::uri::Authority;
+use hyper::Uri;
 use shardline::meta::{ClusterMeta, Health, META_BUCKET, META_KEY};
 use shardline::names::ServerName;
 use shardline::ring::{HashRing, RingHash};
@@ -51,22 +53,26 @@ pub struct Cluster {
     /// KV revision this snapshot was read at.
     pub revision: u64,
     rings: HashMap<String, HashRing>,
-    /// Each server's base URL, parsed once per metadata revision rather than per request.
-    bases: HashMap<String, reqwest::Url>,
+    /// Each server's `host:port`, parsed once per metadata revision rather than per request.
+    authorities: HashMap<String, Authority>,
 }
 
-/// Where to send a request: a server and its base URL (`http://host:port/`).
+/// Where to send a request: a server and its `host:port`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub name: ServerName,
-    pub base: reqwest::Url,
+    pub authority: Authority,
 }
 
 impl Target {
-    pub fn url(&self, path: &str) -> reqwest::Url {
-        let mut url = self.base.clone();
-        url.set_path(path);
-        url
+    /// `http://<host:port><path>`; `path` is one of the servers' fixed routes.
+    pub fn uri(&self, path: &str) -> Uri {
+        Uri::builder()
+            .scheme("http")
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()
+            .expect("a parsed authority and a fixed path make a valid URI")
     }
 }
 
@@ -80,22 +86,22 @@ impl Cluster {
                 (s.id.as_str().to_owned(), HashRing::new(hash, replicas))
             })
             .collect();
-        let bases = meta
+        let authorities = meta
             .servers
             .iter()
-            .filter_map(|(name, m)| {
-                let base = reqwest::Url::parse(&format!("http://{}/", m.addr));
-                if let Err(e) = &base {
+            .filter_map(|(name, m)| match m.addr.parse::<Authority>() {
+                Ok(a) => Some((name.as_str().to_owned(), a)),
+                Err(e) => {
                     tracing::warn!(server = %name, addr = %m.addr, error = %e, "unusable server address");
+                    None
                 }
-                Some((name.as_str().to_owned(), base.ok()?))
             })
             .collect();
         Cluster {
             meta,
             revision,
             rings,
-            bases,
+            authorities,
         }
     }
 
@@ -107,7 +113,7 @@ impl Cluster {
         let (name, _) = self.meta.servers.get_key_value(server)?;
         Some(Target {
             name: name.clone(),
-            base: self.bases.get(server)?.clone(),
+            authority: self.authorities.get(server)?.clone(),
         })
     }
 

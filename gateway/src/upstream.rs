@@ -1,11 +1,16 @@
-//! Calls from the gateway to shard servers and the manager: one shared HTTP client, decoding
+//! Calls from the gateway to shard servers and the manager: pooled HTTP clients, decoding
 //! of their answers (a failure body becomes the same [`ApiError`] the server meant), and
 //! routing of a request to a shard's primary with one retry after a failover.
 
-use std::error::Error as _;
 use std::time::Duration;
 
-use reqwest::Method;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::header::CONTENT_TYPE;
+use hyper::{Method, Request, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as LegacyClient;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::{json, Value};
 use shardline::names::ServerName;
 use shardline::ApiError;
@@ -14,14 +19,32 @@ use tokio::time::Instant;
 use crate::router::AppState;
 use crate::topology::{Target, TopologyRx};
 
-/// The one client of the process: pooled keep-alive connections to every server.
-pub fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(timeout)
-        .tcp_nodelay(true)
+/// The client for the shard servers: pooled keep-alive HTTP/1.1 connections to every server.
+#[derive(Clone)]
+pub struct Client {
+    inner: LegacyClient<HttpConnector, Full<Bytes>>,
+    timeout: Duration,
+}
+
+pub fn client(timeout: Duration) -> Client {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(1)));
+    let inner = LegacyClient::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(256)
+        .build(connector);
+    Client { inner, timeout }
+}
+
+/// The client for the manager (admin calls, each with its own timeout).
+pub fn manager_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        // The manager never redirects: a 3xx is an answer, not a hop.
+        .redirect(reqwest::redirect::Policy::none())
         .build()?)
 }
 
@@ -40,12 +63,12 @@ pub enum CallError {
 
 /// Sends one request with an optional JSON body and decodes a JSON answer.
 pub async fn call(
-    http: &reqwest::Client,
+    http: &Client,
     method: Method,
-    url: impl reqwest::IntoUrl,
+    uri: Uri,
     body: Option<&Value>,
 ) -> Result<Value, CallError> {
-    let bytes = call_raw(http, method, url, body).await?;
+    let bytes = call_raw(http, method, uri, body).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
@@ -56,31 +79,53 @@ pub async fn call(
 /// Sends one request with an optional JSON body and returns a successful answer's bytes
 /// undecoded (for answers the gateway only passes on).
 pub async fn call_raw(
-    http: &reqwest::Client,
+    http: &Client,
     method: Method,
-    url: impl reqwest::IntoUrl,
+    uri: Uri,
     body: Option<&Value>,
-) -> Result<bytes::Bytes, CallError> {
-    let mut req = http.request(method, url);
-    if let Some(body) = body {
-        req = req.json(body);
-    }
-    let resp = req.send().await.map_err(|e| {
-        if e.is_connect() {
-            CallError::Connect(chain(&e))
-        } else {
-            CallError::Transport(chain(&e))
+) -> Result<Bytes, CallError> {
+    let mut req = Request::builder().method(method).uri(uri);
+    let body = match body {
+        Some(body) => {
+            req = req.header(CONTENT_TYPE, "application/json");
+            let json = serde_json::to_vec(body)
+                .map_err(|e| CallError::Connect(format!("cannot encode the request: {e}")))?;
+            Full::new(Bytes::from(json))
         }
-    })?;
-    let status = resp.status();
-    let bytes = resp
-        .bytes()
+        None => Full::default(),
+    };
+    // Not sent at all: as safe to send elsewhere as a refused connection.
+    let req = req
+        .body(body)
+        .map_err(|e| CallError::Connect(format!("invalid request: {e}")))?;
+    let exchange = async {
+        let resp = http.inner.request(req).await.map_err(|e| {
+            if e.is_connect() {
+                CallError::Connect(chain(&e))
+            } else {
+                CallError::Transport(chain(&e))
+            }
+        })?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| CallError::Transport(chain(&e)))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(CallError::Status(error_from(status.as_u16(), &bytes)));
+        }
+        Ok(bytes)
+    };
+    tokio::time::timeout(http.timeout, exchange)
         .await
-        .map_err(|e| CallError::Transport(chain(&e)))?;
-    if !status.is_success() {
-        return Err(CallError::Status(error_from(status.as_u16(), &bytes)));
-    }
-    Ok(bytes)
+        .unwrap_or_else(|_| {
+            Err(CallError::Transport(format!(
+                "no answer within {} ms",
+                http.timeout.as_millis()
+            )))
+        })
 }
 
 /// The error a failure answer stands for, keeping its message (and a 421's primary).
@@ -111,8 +156,8 @@ pub fn error_from(status: u16, bytes: &[u8]) -> ApiError {
     }
 }
 
-/// An error with its causes, which reqwest keeps out of its own `Display`.
-pub fn chain(e: &reqwest::Error) -> String {
+/// An error with its causes, which reqwest and hyper keep out of their own `Display`.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -141,14 +186,7 @@ pub async fn to_primary(
         Some(t) => t,
         None => wait_for_primary(&mut rx, shard, None, None, wait).await?,
     };
-    let hint = match call(
-        &state.http,
-        method.clone(),
-        first.url(path),
-        Some(body),
-    )
-    .await
-    {
+    let hint = match call(&state.upstream, method.clone(), first.uri(path), Some(body)).await {
         Ok(v) => return Ok(v),
         Err(CallError::Status(ApiError::NotPrimary { message, primary })) => {
             tracing::debug!(shard, server = %first.name, %message, "not the primary; retrying");
@@ -164,7 +202,7 @@ pub async fn to_primary(
         Err(CallError::Status(e)) => return Err(e),
     };
     let second = wait_for_primary(&mut rx, shard, Some(&first.name), hint, wait).await?;
-    match call(&state.http, method, second.url(path), Some(body)).await {
+    match call(&state.upstream, method, second.uri(path), Some(body)).await {
         Ok(v) => Ok(v),
         Err(CallError::Status(ApiError::NotPrimary { message, .. })) => {
             Err(ApiError::Unavailable(format!(
