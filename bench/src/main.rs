@@ -10,6 +10,7 @@
 mod baseline;
 mod charts;
 mod cluster;
+mod http;
 mod load;
 mod procstat;
 mod verify;
@@ -332,7 +333,10 @@ fn cores() -> usize {
 
 struct Ctx {
     args: Args,
+    /// Setup, settling and verification.
     http: reqwest::Client,
+    /// The load phases.
+    load: http::LoadClient,
     opts: ClusterOpts,
     max: Duration,
 }
@@ -373,22 +377,15 @@ async fn write_phase(
             .map(|i| Bytes::from(wl.write_body(&keys[i * rpw..(i + 1) * rpw])))
             .collect(),
     );
-    let http = ctx.http.clone();
+    let http = ctx.load.clone();
     let probe = probe_start(c);
     let b2 = bodies.clone();
     let phase = load::run(name, n, clients, ctx.max, move |i| {
-        let req = http
-            .post(url.clone())
-            .header("content-type", "application/json")
-            .body(b2[i].clone());
+        let (http, url, body) = (http.clone(), url.clone(), b2[i].clone());
         async move {
-            match req.send().await {
-                Ok(r) => {
-                    let s = r.status().as_u16();
-                    let _ = r.bytes().await;
-                    (s, 0)
-                }
-                Err(_) => (TRANSPORT_ERROR, 0),
+            match http.post_json(url, body).await {
+                Some((s, _)) => (s, 0),
+                None => (TRANSPORT_ERROR, 0),
             }
         }
     })
@@ -408,8 +405,9 @@ async fn write_phase(
 }
 
 /// The gateway URL of a load phase, parsed once rather than per request.
-fn phase_url(c: &Cluster, path: &str) -> reqwest::Url {
-    reqwest::Url::parse(&format!("{}{path}", c.gateway_url))
+fn phase_url(c: &Cluster, path: &str) -> hyper::Uri {
+    format!("{}{path}", c.gateway_url)
+        .parse()
         .expect("the gateway URL is built from a socket address")
 }
 
@@ -439,10 +437,10 @@ async fn read_phase(
     );
     // Rows are counted by their key field; the finder is built once, not per response.
     let pattern = Arc::new(memmem::Finder::new(format!("\"{key}\":").as_bytes()).into_owned());
-    let http = ctx.http.clone();
     // A write is acknowledged once a majority applied it; the other replicas may still be
     // applying the tail of the log. Let them finish, so the read phase measures reads.
-    let settled = verify::settle(&http, &c.gateway_url, Duration::from_secs(60)).await;
+    let settled = verify::settle(&ctx.http, &c.gateway_url, Duration::from_secs(60)).await;
+    let http = ctx.load.clone();
     match &settled {
         Ok(d) => println!(
             "  every replica applied the whole log {} ms after the write phase",
@@ -452,22 +450,12 @@ async fn read_phase(
     }
     let probe = probe_start(c);
     let phase = load::run(name, n, clients, ctx.max, move |i| {
-        let req = http
-            .post(url.clone())
-            .header("content-type", "application/json")
-            .body(bodies[i].clone());
+        let (http, url, body) = (http.clone(), url.clone(), bodies[i].clone());
         let pattern = pattern.clone();
         async move {
-            match req.send().await {
-                Ok(r) => {
-                    let s = r.status().as_u16();
-                    let rows = match r.bytes().await {
-                        Ok(b) => pattern.find_iter(&b).count() as u64,
-                        Err(_) => 0,
-                    };
-                    (s, rows)
-                }
-                Err(_) => (TRANSPORT_ERROR, 0),
+            match http.post_json(url, body).await {
+                Some((s, answer)) => (s, pattern.find_iter(&answer).count() as u64),
+                None => (TRANSPORT_ERROR, 0),
             }
         }
     })
@@ -1081,13 +1069,13 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
         sqlite_full: args.durable,
         keep_dirs: args.keep,
     };
+    let max_idle = args
+        .clients
+        .max(*args.sweep_clients.iter().max().unwrap_or(&0))
+        * 2
+        + 8;
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(
-            args.clients
-                .max(*args.sweep_clients.iter().max().unwrap_or(&0))
-                * 2
-                + 8,
-        )
+        .pool_max_idle_per_host(max_idle)
         .tcp_nodelay(true)
         .timeout(Duration::from_secs(60))
         .build()?;
@@ -1095,6 +1083,7 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
         max: Duration::from_secs(args.max_seconds),
         args: args.clone(),
         http,
+        load: http::LoadClient::new(max_idle),
         opts,
     };
     println!(
