@@ -58,6 +58,21 @@ pub struct Config {
     /// Hash used by the read-replica rings: `mixed` (even spread) or `quadratic` (the assignment's).
     #[arg(long, env = "SHARDLINE_RING_HASH", default_value = "mixed")]
     pub ring_hash: RingHash,
+    /// How a read picks each shard's replica on the ring: `affinity` places this gateway's own
+    /// id on the ring, so its reads of a shard go to one replica (warm caches, few connections)
+    /// and overflow to the next replica on the ring once that one has `--read-overflow` reads in
+    /// flight; `spread` places a random id per read, as the assignment's load balancer does.
+    #[arg(
+        long,
+        env = "SHARDLINE_READ_POLICY",
+        value_enum,
+        default_value = "affinity"
+    )]
+    pub read_policy: read::ReadPolicy,
+    /// With `--read-policy affinity`: reads a replica may have in flight from this gateway
+    /// before further reads go to the next replica on the ring.
+    #[arg(long, env = "SHARDLINE_READ_OVERFLOW", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub read_overflow: u32,
     /// Largest accepted request body, in bytes (larger → 413).
     #[arg(long, env = "SHARDLINE_BODY_LIMIT", default_value_t = 8 * 1024 * 1024)]
     pub body_limit: usize,
@@ -108,6 +123,8 @@ impl std::fmt::Debug for Config {
             .field("nats_auth", &self.nats_auth)
             .field("manager_url", &self.manager_url)
             .field("ring_hash", &self.ring_hash)
+            .field("read_policy", &self.read_policy)
+            .field("read_overflow", &self.read_overflow)
             .field("body_limit", &self.body_limit)
             .field("max_batch", &self.max_batch)
             .field("max_string_bytes", &self.max_string_bytes)
@@ -151,8 +168,13 @@ async fn main() -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
 
     let drain = Duration::from_secs(config.drain_timeout_secs);
+    // This gateway's place on the read rings (`--read-policy affinity`): random per process,
+    // so several gateways spread their reads over a shard's replicas.
+    let read_id: u64 = rand::random();
+    tracing::info!(read_id, read_policy = ?config.read_policy, "read replica choice");
     let state = Arc::new(router::AppState {
         config,
+        read_id,
         topology,
         jetstream,
         upstream,

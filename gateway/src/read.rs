@@ -15,12 +15,22 @@ use serde_json::{Map, Value};
 use shardline::body::ApiJson;
 use shardline::meta::ClusterMeta;
 use shardline::names::{ServerName, ShardId};
+use shardline::ring::HashRing;
 use shardline::ApiError;
 
 use crate::body::{bad, int, kind, object, only_fields, required};
 use crate::router::AppState;
 use crate::topology::Cluster;
 use crate::upstream::{self, CallError};
+
+/// How a read picks a shard's replica on the ring (`--read-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadPolicy {
+    /// The gateway's own id on the ring: one replica per shard, overflowing to the next.
+    Affinity,
+    /// A random id per read.
+    Spread,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Consistency {
@@ -170,10 +180,17 @@ async fn read_part(
     let ring = cluster
         .ring(shard)
         .ok_or_else(|| ApiError::Unavailable(format!("shard {shard} has no replica")))?;
-    let request_id: u64 = rand::random();
-    let first = ring
-        .pick(request_id, |s| cluster.is_up(s.as_str()))
-        .ok_or_else(|| ApiError::Unavailable(format!("shard {shard} has no live replica")))?;
+    let (request_id, overflow) = match state.config.read_policy {
+        ReadPolicy::Affinity => (state.read_id, state.config.read_overflow as usize),
+        ReadPolicy::Spread => (rand::random(), usize::MAX),
+    };
+    let first = choose(
+        ring,
+        request_id,
+        |s| cluster.is_up(s.as_str()),
+        |s| cluster.reads_in_flight(s.as_str()) >= overflow,
+    )
+    .ok_or_else(|| ApiError::Unavailable(format!("shard {shard} has no live replica")))?;
     let err = match fetch(state, cluster, first, &req).await {
         Ok(rows) => return Ok(rows),
         Err(CallError::Status(e @ (ApiError::BadRequest(_) | ApiError::PayloadTooLarge(_)))) => {
@@ -191,6 +208,18 @@ async fn read_part(
         .map_err(|e| read_error(shard, second, e))
 }
 
+/// The replica request `r` reads from: the first live one on the ring that is not `busy`, or,
+/// if every live one is busy, the first live one.
+fn choose(
+    ring: &HashRing,
+    r: u64,
+    live: impl Fn(&ServerName) -> bool,
+    busy: impl Fn(&ServerName) -> bool,
+) -> Option<&ServerName> {
+    ring.pick(r, |s| live(s) && !busy(s))
+        .or_else(|| ring.pick(r, live))
+}
+
 async fn fetch(
     state: &AppState,
     cluster: &Cluster,
@@ -200,6 +229,7 @@ async fn fetch(
     let target = cluster
         .target(server.as_str())
         .ok_or_else(|| CallError::Connect(format!("server {server} has no address")))?;
+    let _in_flight = cluster.start_read(server.as_str());
     upstream::call_raw(
         &state.upstream,
         Method::POST,
@@ -289,6 +319,38 @@ mod tests {
         .unwrap();
         assert_eq!(p.parts.len(), 4);
         assert_eq!(p.parts[3].high, 16383);
+    }
+
+    #[test]
+    fn affinity_keeps_one_replica_until_it_is_busy_or_down() {
+        use shardline::ring::RingHash;
+        let names: Vec<ServerName> = ["Server0", "Server1", "Server2"]
+            .iter()
+            .map(|n| ServerName::parse(n).unwrap())
+            .collect();
+        let ring = HashRing::new(RingHash::Mixed, names.clone());
+        let all = |_: &ServerName| true;
+        let none = |_: &ServerName| false;
+        let home = choose(&ring, 42, all, none).unwrap().clone();
+        for _ in 0..10 {
+            assert_eq!(choose(&ring, 42, all, none), Some(&home));
+        }
+        // Busy: the overflow goes to another replica, always the same one.
+        let busy_home = |s: &ServerName| *s == home;
+        let next = choose(&ring, 42, all, busy_home).unwrap().clone();
+        assert_ne!(next, home);
+        assert_eq!(choose(&ring, 42, all, busy_home), Some(&next));
+        // Down: skipped whether busy or not; every live replica busy: the first live one.
+        let up = |s: &ServerName| *s != home;
+        assert_eq!(choose(&ring, 42, up, none), Some(&next));
+        assert_eq!(choose(&ring, 42, up, all), Some(&next));
+        assert_eq!(choose(&ring, 42, all, all), Some(&home));
+        assert_eq!(choose(&ring, 42, none, none), None);
+        // Different gateways (ids) land on different replicas.
+        let homes: std::collections::BTreeSet<_> = (0..64u64)
+            .filter_map(|r| choose(&ring, r, all, none).cloned())
+            .collect();
+        assert_eq!(homes.len(), names.len());
     }
 
     #[test]

@@ -16,6 +16,8 @@ use crate::{admin, health, metrics, openapi, read, status, write, Config};
 
 pub struct AppState {
     pub config: Config,
+    /// This gateway's request id on the read rings under `--read-policy affinity`.
+    pub read_id: u64,
     pub topology: TopologyRx,
     /// For /status: WAL stream and consumer progress.
     pub jetstream: jetstream::Context,

@@ -6,6 +6,7 @@
 //! key: only the manager does; until the bucket exists the task keeps retrying.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ pub enum Topology {
     Loading,
     /// The bucket exists but holds no `cluster` key: nobody has called /init.
     Unconfigured,
-    Configured(Cluster),
+    Configured(Box<Cluster>),
 }
 
 impl Topology {
@@ -55,6 +56,19 @@ pub struct Cluster {
     rings: HashMap<String, HashRing>,
     /// Each server's `host:port`, parsed once per metadata revision rather than per request.
     authorities: HashMap<String, Authority>,
+    /// Reads this gateway has in flight at each server (for the read policy's overflow).
+    reads_in_flight: HashMap<String, Arc<AtomicUsize>>,
+}
+
+/// Counts one read in flight at a server until dropped.
+pub struct InFlight(Option<Arc<AtomicUsize>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(n) = &self.0 {
+            n.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Where to send a request: a server and its `host:port`.
@@ -97,11 +111,17 @@ impl Cluster {
                 }
             })
             .collect();
+        let reads_in_flight = meta
+            .servers
+            .keys()
+            .map(|name| (name.as_str().to_owned(), Arc::default()))
+            .collect();
         Cluster {
             meta,
             revision,
             rings,
             authorities,
+            reads_in_flight,
         }
     }
 
@@ -115,6 +135,22 @@ impl Cluster {
             name: name.clone(),
             authority: self.authorities.get(server)?.clone(),
         })
+    }
+
+    /// Reads this gateway has in flight at `server`.
+    pub fn reads_in_flight(&self, server: &str) -> usize {
+        self.reads_in_flight
+            .get(server)
+            .map_or(0, |n| n.load(Ordering::Relaxed))
+    }
+
+    /// Counts a read at `server` as in flight until the returned guard is dropped.
+    pub fn start_read(&self, server: &str) -> InFlight {
+        let n = self.reads_in_flight.get(server).cloned();
+        if let Some(n) = &n {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        InFlight(n)
     }
 
     /// Whether `server` may serve reads: up and not catching up.
@@ -231,7 +267,12 @@ fn apply(entry: Entry, hash: RingHash, tx: &watch::Sender<Arc<Topology>>, revisi
             Ok(mut meta) => {
                 meta.sort_shards();
                 let cluster = Cluster::new(meta, entry.revision, hash);
-                publish(tx, Topology::Configured(cluster), revision, entry.revision)
+                publish(
+                    tx,
+                    Topology::Configured(Box::new(cluster)),
+                    revision,
+                    entry.revision,
+                )
             }
             // Keep routing with the last good snapshot rather than dropping the cluster.
             Err(e) => tracing::error!(
