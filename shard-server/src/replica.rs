@@ -161,7 +161,8 @@ impl Replica {
     }
 
     /// Group commit: takes every request queued since the last append, appends them as one
-    /// entry, and hands the wait for its outcome to a task so the next append can start.
+    /// entry, and hands the wait for its outcome to a task so the next append can start (in
+    /// durable mode, once that entry is committed).
     async fn propose_forever(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<Proposal>) {
         let mut carry: Option<Proposal> = None;
         loop {
@@ -258,11 +259,17 @@ impl Replica {
             }
             Ok(seq) => {
                 let me = self.clone();
-                tokio::spawn(async move {
+                let completion = tokio::spawn(async move {
                     let result = me.complete(seq, rx, deadline).await;
                     lock(&me.pending).remove(&id);
                     distribute(result, replies);
                 });
+                // Durable mode: every entry costs an fsync on every replica, so the next
+                // entry waits until this one is committed and takes everything that arrived
+                // meanwhile (classic group commit). Otherwise entries are pipelined.
+                if self.store.is_durable() {
+                    let _ = completion.await;
+                }
             }
         }
     }
