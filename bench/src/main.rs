@@ -440,7 +440,6 @@ async fn read_phase(
     // A write is acknowledged once a majority applied it; the other replicas may still be
     // applying the tail of the log. Let them finish, so the read phase measures reads.
     let settled = verify::settle(&ctx.http, &c.gateway_url, Duration::from_secs(60)).await;
-    let http = ctx.load.clone();
     match &settled {
         Ok(d) => println!(
             "  every replica applied the whole log {} ms after the write phase",
@@ -448,6 +447,7 @@ async fn read_phase(
         ),
         Err(e) => println!("  replicas still behind after 60 s: {e}"),
     }
+    let http = ctx.load.clone();
     let probe = probe_start(c);
     let phase = load::run(name, n, clients, ctx.max, move |i| {
         let (http, url, body) = (http.clone(), url.clone(), bodies[i].clone());

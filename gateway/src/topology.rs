@@ -54,10 +54,16 @@ pub struct Cluster {
     /// KV revision this snapshot was read at.
     pub revision: u64,
     rings: HashMap<String, HashRing>,
-    /// Each server's `host:port`, parsed once per metadata revision rather than per request.
-    authorities: HashMap<String, Authority>,
-    /// Reads this gateway has in flight at each server (for the read policy's overflow).
-    reads_in_flight: HashMap<String, Arc<AtomicUsize>>,
+    /// Each server with a usable address, built once per metadata revision.
+    upstreams: HashMap<String, Upstream>,
+}
+
+#[derive(Debug)]
+struct Upstream {
+    /// Its name and parsed `host:port` (not parsed again per request).
+    target: Target,
+    /// Reads this gateway has in flight there (for the read policy's overflow).
+    reads: Arc<AtomicUsize>,
 }
 
 /// Counts one read in flight at a server until dropped.
@@ -100,28 +106,31 @@ impl Cluster {
                 (s.id.as_str().to_owned(), HashRing::new(hash, replicas))
             })
             .collect();
-        let authorities = meta
+        let upstreams = meta
             .servers
             .iter()
             .filter_map(|(name, m)| match m.addr.parse::<Authority>() {
-                Ok(a) => Some((name.as_str().to_owned(), a)),
+                Ok(authority) => Some((
+                    name.as_str().to_owned(),
+                    Upstream {
+                        target: Target {
+                            name: name.clone(),
+                            authority,
+                        },
+                        reads: Arc::default(),
+                    },
+                )),
                 Err(e) => {
                     tracing::warn!(server = %name, addr = %m.addr, error = %e, "unusable server address");
                     None
                 }
             })
             .collect();
-        let reads_in_flight = meta
-            .servers
-            .keys()
-            .map(|name| (name.as_str().to_owned(), Arc::default()))
-            .collect();
         Cluster {
             meta,
             revision,
             rings,
-            authorities,
-            reads_in_flight,
+            upstreams,
         }
     }
 
@@ -130,23 +139,19 @@ impl Cluster {
     }
 
     pub fn target(&self, server: &str) -> Option<Target> {
-        let (name, _) = self.meta.servers.get_key_value(server)?;
-        Some(Target {
-            name: name.clone(),
-            authority: self.authorities.get(server)?.clone(),
-        })
+        self.upstreams.get(server).map(|u| u.target.clone())
     }
 
     /// Reads this gateway has in flight at `server`.
     pub fn reads_in_flight(&self, server: &str) -> usize {
-        self.reads_in_flight
+        self.upstreams
             .get(server)
-            .map_or(0, |n| n.load(Ordering::Relaxed))
+            .map_or(0, |u| u.reads.load(Ordering::Relaxed))
     }
 
     /// Counts a read at `server` as in flight until the returned guard is dropped.
     pub fn start_read(&self, server: &str) -> InFlight {
-        let n = self.reads_in_flight.get(server).cloned();
+        let n = self.upstreams.get(server).map(|u| u.reads.clone());
         if let Some(n) = &n {
             n.fetch_add(1, Ordering::Relaxed);
         }
