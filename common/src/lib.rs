@@ -13,9 +13,14 @@
 //! - [`shutdown`]: the future every binary awaits to stop gracefully.
 //! - [`telemetry`]: logging set-up and the `/metrics` route shared by the binaries.
 //! - [`body`]: the JSON body extractor that turns every decoding problem into a 400 naming the field.
+//! - [`internal`]: the request and answer bodies of the internal HTTP API (gateway, manager and
+//!   shard servers build and decode them with these types, never by hand).
+//! - [`log`]: positions in a shard's log ([`Seq`], [`Term`], [`Position`]) and [`SyncMode`].
 
 pub mod body;
 pub mod error;
+pub mod internal;
+pub mod log;
 pub mod meta;
 pub mod names;
 pub mod nats;
@@ -26,9 +31,5 @@ pub mod telemetry;
 pub mod wal;
 pub mod watch;
 
-pub use error::ApiError;
-
-/// A position in a shard's WAL stream (the JetStream stream sequence).
-pub type Seq = u64;
-/// An election term of one shard. Every WAL entry carries the term of the primary that wrote it.
-pub type Term = u64;
+pub use error::{ApiError, Effect, ErrorCode};
+pub use log::{Position, Seq, SyncMode, Term};

@@ -243,7 +243,7 @@ fn validate_new_shards(
             low: s.low,
             size: s.size,
             primary: None,
-            term: 0,
+            term: Term::ZERO,
         });
     }
     let mut all: Vec<&ShardMeta> = existing.iter().chain(&out).collect();

@@ -18,7 +18,7 @@ pub enum Dtype {
 }
 
 /// The schema as sent by clients; [`Schema::parse`] validates it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchemaSpec {
     pub columns: Vec<String>,
@@ -94,6 +94,21 @@ impl Schema {
             ));
         }
         Ok(Schema { columns, dtypes })
+    }
+
+    /// The schema as a client writes it (what `/config` carries to a shard server).
+    pub fn spec(&self) -> SchemaSpec {
+        SchemaSpec {
+            columns: self.columns.iter().map(|c| c.as_str().to_owned()).collect(),
+            dtypes: self
+                .dtypes
+                .iter()
+                .map(|d| match d {
+                    Dtype::Number => "Number".to_owned(),
+                    Dtype::String => "String".to_owned(),
+                })
+                .collect(),
+        }
     }
 
     /// The shard key's column name (the first column).

@@ -88,7 +88,7 @@ mod tests {
     fn entries_round_trip_and_read_well() {
         let e = WalEntry {
             op: WalOp::Delete { key: -5 },
-            term: 3,
+            term: Term(3),
             by: "Server0".into(),
             ts_ms: 1,
         };
@@ -102,7 +102,7 @@ mod tests {
             op: WalOp::Term {
                 primary: ServerName::parse("Server1").unwrap(),
             },
-            term: 2,
+            term: Term(2),
             by: MANAGER.into(),
             ts_ms: 9,
         };
@@ -111,7 +111,7 @@ mod tests {
             op: WalOp::Batch {
                 ops: vec![WalOp::Delete { key: 1 }, WalOp::Delete { key: 2 }],
             },
-            term: 2,
+            term: Term(2),
             by: "Server0".into(),
             ts_ms: 9,
         };

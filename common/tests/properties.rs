@@ -224,7 +224,7 @@ proptest! {
     /// shape (`op`, `term`, `by`, `ts_ms` at the top level).
     #[test]
     fn wal_entries_round_trip(op in wal_op(), term in any::<u64>(), by in any::<String>(), ts_ms in any::<u64>()) {
-        let e = WalEntry { op, term, by, ts_ms };
+        let e = WalEntry { op, term: shardline::Term(term), by, ts_ms };
         let bytes = e.encode();
         prop_assert_eq!(WalEntry::decode(&bytes).expect("decodes"), e.clone());
         let v: Json = serde_json::from_slice(&bytes).unwrap();

@@ -107,7 +107,7 @@ fn render(
 async fn last_seq(js: &jetstream::Context, shard: &ShardId) -> Option<Seq> {
     let name = stream_name(shard);
     match tokio::time::timeout(NATS_TIMEOUT, js.get_stream(&name)).await {
-        Ok(Ok(stream)) => Some(stream.cached_info().state.last_sequence),
+        Ok(Ok(stream)) => Some(Seq(stream.cached_info().state.last_sequence)),
         Ok(Err(e)) => {
             tracing::debug!(stream = %name, error = %e, "no stream info");
             None
@@ -119,7 +119,7 @@ async fn last_seq(js: &jetstream::Context, shard: &ShardId) -> Option<Seq> {
 async fn ack_floor(js: &jetstream::Context, shard: &ShardId, server: &ServerName) -> Option<Seq> {
     let stream = js.get_stream_no_info(stream_name(shard)).await.ok()?;
     match tokio::time::timeout(NATS_TIMEOUT, stream.consumer_info(server.as_str())).await {
-        Ok(Ok(info)) => Some(info.ack_floor.stream_sequence),
+        Ok(Ok(info)) => Some(Seq(info.ack_floor.stream_sequence)),
         Ok(Err(e)) => {
             tracing::debug!(%shard, %server, error = %e, "no consumer info");
             None
@@ -145,16 +145,16 @@ mod tests {
                 addr: "127.0.0.1:1".into(),
                 shards: vec![sh("sh1"), sh("sh2")],
                 health: Health::Up,
-                applied: [(sh("sh2"), 4)].into_iter().collect(),
+                applied: [(sh("sh2"), Seq(4))].into_iter().collect(),
             },
         );
         meta.shards[0].primary = Some(s0.clone());
-        meta.shards[0].term = 2;
+        meta.shards[0].term = shardline::Term(2);
         let (a, b) = (sh("sh1"), sh("sh2"));
         let v = render(
             &meta,
-            &[Some(9)],
-            &[((&s0, &a), Some(7)), ((&s0, &b), None)],
+            &[Some(Seq(9))],
+            &[((&s0, &a), Some(Seq(7))), ((&s0, &b), None)],
         );
         assert_eq!(v["N"], 1);
         assert_eq!(v["schema"]["columns"][0], "Stud_id");

@@ -128,32 +128,30 @@ pub async fn call_raw(
         })
 }
 
-/// The error a failure answer stands for, keeping its message (and a 421's primary).
+/// The error a failure answer stands for, keeping its code, message (and a 421's primary).
 pub fn error_from(status: u16, bytes: &[u8]) -> ApiError {
-    let body: Option<Value> = serde_json::from_slice(bytes).ok();
-    let message = match body.as_ref().and_then(|b| b.get("message")) {
-        Some(Value::String(m)) => m.clone(),
-        Some(other) => other.to_string(),
-        None => {
-            let text = String::from_utf8_lossy(bytes);
-            let text = text.trim();
-            if text.is_empty() {
-                format!("HTTP {status}")
-            } else {
-                text.chars().take(500).collect()
-            }
-        }
-    };
-    if status == 421 {
-        let primary = body
-            .as_ref()
-            .and_then(|b| b.get("primary"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        ApiError::NotPrimary { message, primary }
-    } else {
-        ApiError::from_status(status, message)
+    if let Ok(body) = serde_json::from_slice::<shardline::error::ErrorBody>(bytes) {
+        let message = match body.message {
+            Value::String(m) => m,
+            other => other.to_string(),
+        };
+        return match body.code {
+            Some(code) => ApiError::from_code(code, message, body.primary),
+            None if status == 421 => ApiError::NotPrimary {
+                message,
+                primary: body.primary,
+            },
+            None => ApiError::from_status(status, message),
+        };
     }
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim();
+    let message = if text.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        text.chars().take(500).collect()
+    };
+    ApiError::from_status(status, message)
 }
 
 /// An error with its causes, which reqwest and hyper keep out of their own `Display`.

@@ -310,7 +310,7 @@ impl<R: Runtime> Cluster<R> {
             }
             return Ok(None);
         };
-        let term = sm.term + 1;
+        let term = sm.term.next();
         let next = ShardMeta {
             primary: Some(winner.clone()),
             term,
@@ -330,7 +330,7 @@ impl<R: Runtime> Cluster<R> {
             })
             .await?;
         tracing::info!(
-            shard = %shard, primary = %winner, term, applied = seq,
+            shard = %shard, primary = %winner, term = term.0, applied = seq.0,
             elapsed_ms = started.elapsed().as_millis() as u64, "elected primary"
         );
         metrics::counter!(crate::metrics::ELECTIONS, "shard" => shard.to_string()).increment(1);
@@ -564,7 +564,7 @@ fn assign_primaries(
         if let Some(p) = pick {
             *load.entry(p.clone()).or_insert(0) += 1;
             s.primary = Some(p.clone());
-            s.term = 1;
+            s.term = Term(1);
         }
     }
 }
@@ -629,7 +629,7 @@ mod tests {
                 low: i as i64 * 10,
                 size: 10,
                 primary: None,
-                term: 0,
+                term: Term(0),
             })
             .collect();
         let all = vec![sh("a"), sh("b"), sh("c"), sh("d")];
@@ -640,6 +640,6 @@ mod tests {
             .filter(|s| s.primary == Some(name("S0")))
             .count();
         assert_eq!(on_s0, 2);
-        assert!(shards.iter().all(|s| s.term == 1));
+        assert!(shards.iter().all(|s| s.term == Term(1)));
     }
 }

@@ -50,7 +50,10 @@ pub fn record_progress<'a>(beats: impl IntoIterator<Item = (&'a str, &'a Beat)>)
     let mut by_shard: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
     for (server, beat) in beats {
         for (shard, s) in &beat.shards {
-            by_shard.entry(shard).or_default().push((server, s.applied));
+            by_shard
+                .entry(shard)
+                .or_default()
+                .push((server, s.applied.0));
         }
     }
     for (shard, replicas) in by_shard {

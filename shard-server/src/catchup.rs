@@ -48,7 +48,16 @@ pub async fn restore_from_peer(server: &Server, shard: &ShardId, store: &Arc<Sto
         match fetch(server, shard, &addr).await {
             Ok((rows, seq, term)) if seq > 0 => {
                 let count = rows.len();
-                let restored = store::blocking(store, move |s| s.restore(&rows, seq, term)).await;
+                let restored = store::blocking(store, move |s| {
+                    s.restore(
+                        &rows,
+                        shardline::Position {
+                            seq: shardline::Seq(seq),
+                            term: shardline::Term(term),
+                        },
+                    )
+                })
+                .await;
                 if let Err(e) = restored {
                     tracing::warn!(shard = %shard, peer = %peer, error = %e, "cannot store snapshot");
                     continue;

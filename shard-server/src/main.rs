@@ -25,7 +25,7 @@ use clap::Parser;
 use shardline::names::ServerName;
 
 use crate::server::Server;
-use crate::store::Sync;
+use shardline::SyncMode;
 
 /// One shardline shard server.
 #[derive(Debug, Parser)]
@@ -57,7 +57,7 @@ struct Config {
         value_enum,
         default_value = "normal"
     )]
-    sqlite_sync: Sync,
+    sqlite_sync: SyncMode,
     /// How long a primary waits for a majority before answering 503.
     #[arg(long, env = "SHARDLINE_COMMIT_TIMEOUT_MS", default_value_t = 5000)]
     commit_timeout_ms: u64,

@@ -81,7 +81,7 @@ impl Replica {
         meta: MetaRx,
         commit_timeout: Duration,
     ) -> anyhow::Result<Arc<Replica>> {
-        let (applied, term) = store.position();
+        let at = store.position();
         let (proposals, proposed) = mpsc::unbounded_channel();
         let replica = Arc::new(Replica {
             shard,
@@ -90,8 +90,8 @@ impl Replica {
             js,
             nats,
             meta,
-            applied: AtomicU64::new(applied),
-            term: AtomicU64::new(term),
+            applied: AtomicU64::new(at.seq.0),
+            term: AtomicU64::new(at.term.0),
             recovering: AtomicBool::new(true),
             pending: Mutex::new(HashMap::new()),
             acks: Mutex::new(HashMap::new()),
@@ -112,8 +112,8 @@ impl Replica {
 
     pub fn progress(&self) -> Progress {
         Progress {
-            applied: self.applied.load(Ordering::Acquire),
-            term: self.term.load(Ordering::Acquire),
+            applied: Seq(self.applied.load(Ordering::Acquire)),
+            term: Term(self.term.load(Ordering::Acquire)),
             recovering: self.recovering.load(Ordering::Acquire),
         }
     }
@@ -326,7 +326,7 @@ impl Replica {
             .await
             .map_err(|_| self.unavailable("the WAL did not acknowledge the append in time".into()))?
             .map_err(|e| self.unavailable(format!("the WAL rejected the append: {e}")))?;
-        Ok(ack.sequence)
+        Ok(Seq(ack.sequence))
     }
 
     /// Waits for the appended entry's outcome here and for a majority to have applied it.
@@ -393,7 +393,7 @@ impl Replica {
     /// in order, so the latest is the truth even if it went down (a replica that lost its
     /// disk must not keep counting for entries it no longer holds).
     fn record_ack(&self, server: ServerName, seq: Seq) {
-        let previous = lock(&self.acks).insert(server, seq).unwrap_or(0);
+        let previous = lock(&self.acks).insert(server, seq).unwrap_or_default();
         if seq > previous {
             self.acked.notify_waiters();
         }
@@ -471,7 +471,7 @@ impl Replica {
             tick.tick().await;
             let seq = self.applied.load(Ordering::Acquire);
             if seq > 0 {
-                self.announce(seq).await;
+                self.announce(Seq(seq)).await;
             }
         }
     }
@@ -494,7 +494,7 @@ impl Replica {
     async fn apply_stream(&self) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut stream = self.js.get_stream(wal::stream_name(&self.shard)).await?;
-        let (mut applied, _) = self.store.position();
+        let mut applied = self.store.position().seq.0;
         let target = stream.info().await?.state.last_sequence;
         // The consumer is re-created at every (re)start so that it begins exactly after the
         // sequence stored with the data, whatever position it had before.
@@ -567,7 +567,10 @@ impl Replica {
                         applied + 1 + entries.len() as u64
                     );
                 }
-                entries.push((seq, WalEntry::decode(&m.payload).map_err(|e| e.to_string())));
+                entries.push((
+                    Seq(seq),
+                    WalEntry::decode(&m.payload).map_err(|e| e.to_string()),
+                ));
                 ids.push(
                     m.headers
                         .as_ref()
@@ -578,10 +581,10 @@ impl Replica {
             if !entries.is_empty() {
                 let count = entries.len();
                 let (seq, term, outcomes) = self.commit(entries).await?;
-                crate::metrics::applied(self.shard.as_str(), count, seq);
-                applied = seq;
-                self.applied.store(seq, Ordering::Release);
-                self.term.store(term, Ordering::Release);
+                crate::metrics::applied(self.shard.as_str(), count, seq.0);
+                applied = seq.0;
+                self.applied.store(seq.0, Ordering::Release);
+                self.term.store(term.0, Ordering::Release);
                 self.resolve(&ids, outcomes);
                 self.record_ack(self.server.clone(), seq);
                 // The primary counts itself above; only the others' announcements travel.

@@ -14,7 +14,8 @@ use shardline::watch::MetaRx;
 use shardline::{ApiError, Term};
 
 use crate::replica::Replica;
-use crate::store::{Store, Sync};
+use crate::store::Store;
+use shardline::SyncMode;
 
 pub struct Server {
     pub name: ServerName,
@@ -23,7 +24,7 @@ pub struct Server {
     pub nats: async_nats::Client,
     pub meta: MetaRx,
     pub http: reqwest::Client,
-    pub sync: Sync,
+    pub sync: SyncMode,
     pub commit_timeout: Duration,
     pub max_string_bytes: usize,
     schema: RwLock<Option<Arc<Schema>>>,
@@ -46,7 +47,7 @@ impl Server {
         js: jetstream::Context,
         nats: async_nats::Client,
         meta: MetaRx,
-        sync: Sync,
+        sync: SyncMode,
         commit_timeout: Duration,
         max_string_bytes: usize,
     ) -> Server {
@@ -118,7 +119,7 @@ impl Server {
             let store = Store::open(&path, &schema, self.sync)
                 .map(Arc::new)
                 .map_err(|e| ApiError::Internal(format!("cannot open {}: {e}", path.display())))?;
-            let fresh = store.position().0 == 0;
+            let fresh = store.position().seq == shardline::Seq::ZERO;
             if fresh {
                 crate::catchup::restore_from_peer(self, shard, &store).await;
             }

@@ -18,7 +18,7 @@ use rusqlite::{params, params_from_iter, Connection, OpenFlags};
 use serde_json::{Map, Value as Json};
 use shardline::schema::{key_of, Dtype, Row, Schema, Value};
 use shardline::wal::{WalEntry, WalOp};
-use shardline::{Seq, Term};
+use shardline::{Position, Seq, SyncMode, Term};
 
 /// What applying one entry did; the same on every replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,30 +113,19 @@ pub struct Store {
     schema: Schema,
     sql: Statements,
     path: PathBuf,
-    sync: Sync,
+    sync: SyncMode,
     /// The single writer connection and the position it has committed (owned by the
     /// applier; serialised by the mutex).
     writer: Mutex<Writer>,
     readers: Mutex<Vec<Connection>>,
 }
 
-/// Durability knob for SQLite (see README, "Durability").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Sync {
-    Normal,
-    Full,
-}
-
 impl Store {
-    pub fn open(path: &Path, schema: &Schema, sync: Sync) -> rusqlite::Result<Store> {
+    pub fn open(path: &Path, schema: &Schema, sync: SyncMode) -> rusqlite::Result<Store> {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
-        let level = match sync {
-            Sync::Normal => "NORMAL",
-            Sync::Full => "FULL",
-        };
-        conn.pragma_update(None, "synchronous", level)?;
+        conn.pragma_update(None, "synchronous", sync.pragma())?;
         let cols: Vec<String> = schema
             .columns
             .iter()
@@ -171,7 +160,7 @@ impl Store {
             [],
         )?;
         tx.commit()?;
-        let (applied, term) = read_position(&conn)?;
+        let Position { seq: applied, term } = read_position(&conn)?;
         let store = Store {
             schema: schema.clone(),
             sql: Statements::new(schema),
@@ -206,13 +195,16 @@ impl Store {
     /// Whether a commit waits for the disk (`synchronous=FULL`): callers then apply on the
     /// blocking pool rather than in place.
     pub fn is_durable(&self) -> bool {
-        self.sync == Sync::Full
+        self.sync.is_durable()
     }
 
-    /// `(applied_seq, term)` as committed.
-    pub fn position(&self) -> (Seq, Term) {
+    /// The applied sequence and term as committed.
+    pub fn position(&self) -> Position {
         let w = lock(&self.writer);
-        (w.applied, w.term)
+        Position {
+            seq: w.applied,
+            term: w.term,
+        }
     }
 
     /// Applies a batch of `(seq, entry)` in one transaction. Entries at or below the stored
@@ -396,23 +388,23 @@ impl Store {
 
     /// Every row plus the `(applied_seq, term)` they are consistent with, read in one
     /// transaction. Long for a big shard: call it on the blocking pool.
-    pub fn snapshot(&self) -> rusqlite::Result<(Vec<Json>, Seq, Term)> {
+    pub fn snapshot(&self) -> rusqlite::Result<(Vec<Json>, Position)> {
         self.read(|conn| {
             let tx = conn.transaction()?;
-            let (seq, term) = read_position(&tx)?;
+            let at = read_position(&tx)?;
             let rows = {
                 let mut all = tx.prepare_cached(&self.sql.all)?;
                 let rows = all.query_map([], |r| self.to_json(r))?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()?
             };
             tx.commit()?;
-            Ok((rows, seq, term))
+            Ok((rows, at))
         })
     }
 
     /// Replaces the whole replica with a snapshot taken elsewhere. Long for a big
     /// snapshot: call it on the blocking pool.
-    pub fn restore(&self, rows: &[Row], seq: Seq, term: Term) -> rusqlite::Result<()> {
+    pub fn restore(&self, rows: &[Row], at: Position) -> rusqlite::Result<()> {
         let mut w = lock(&self.writer);
         let tx = w.conn.transaction()?;
         tx.execute("DELETE FROM records", [])?;
@@ -422,9 +414,9 @@ impl Store {
                 insert.execute(params_from_iter(r.iter().map(sql_value)))?;
             }
         }
-        set_position(&tx, seq, term)?;
+        set_position(&tx, at.seq, at.term)?;
         tx.commit()?;
-        (w.applied, w.term) = (seq, term);
+        (w.applied, w.term) = (at.seq, at.term);
         Ok(())
     }
 
@@ -477,17 +469,22 @@ fn sql_value(v: &Value) -> ToSqlOutput<'_> {
     })
 }
 
-fn read_position(conn: &Connection) -> rusqlite::Result<(Seq, Term)> {
+fn read_position(conn: &Connection) -> rusqlite::Result<Position> {
     conn.query_row(
         "SELECT applied_seq, term FROM replica_state WHERE id = 1",
         [],
-        |r| Ok((r.get::<_, i64>(0)? as Seq, r.get::<_, i64>(1)? as Term)),
+        |r| {
+            Ok(Position {
+                seq: Seq(r.get::<_, i64>(0)? as u64),
+                term: Term(r.get::<_, i64>(1)? as u64),
+            })
+        },
     )
 }
 
 fn set_position(conn: &Connection, seq: Seq, term: Term) -> rusqlite::Result<()> {
     conn.prepare_cached("UPDATE replica_state SET applied_seq = ?, term = ? WHERE id = 1")?
-        .execute(params![seq as i64, term as i64])?;
+        .execute(params![seq.0 as i64, term.0 as i64])?;
     Ok(())
 }
 
@@ -520,10 +517,10 @@ mod tests {
         .unwrap()
     }
 
-    fn entry(op: WalOp, term: Term) -> Result<WalEntry, String> {
+    fn entry(op: WalOp, term: u64) -> Result<WalEntry, String> {
         Ok(WalEntry {
             op,
-            term,
+            term: Term(term),
             by: "t".into(),
             ts_ms: 0,
         })
@@ -556,7 +553,7 @@ mod tests {
                 t,
             )
         };
-        let batch = vec![
+        let batch: Vec<(u64, _)> = vec![
             (1, term(1)),
             (2, entry(insert(1, nasty), 1)),
             (3, entry(insert(1, "dup"), 1)),
@@ -617,11 +614,12 @@ mod tests {
             ),
         ];
         let path = dir.path().join("s.db");
-        let store = Store::open(&path, &schema(), Sync::Normal).unwrap();
+        let batch: Vec<(Seq, _)> = batch.into_iter().map(|(s, e)| (Seq(s), e)).collect();
+        let store = Store::open(&path, &schema(), SyncMode::Normal).unwrap();
         let (seq, t, outcomes) = store.apply(&batch).unwrap();
-        assert_eq!((seq, t), (12, 1));
+        assert_eq!((seq, t), (Seq(12), Term(1)));
         let outcomes: Vec<Outcome> = outcomes.into_iter().map(|(_, o)| o).collect();
-        assert_eq!(outcomes[0], Outcome::NewTerm(1));
+        assert_eq!(outcomes[0], Outcome::NewTerm(Term(1)));
         assert_eq!(outcomes[1], Outcome::Applied);
         assert_eq!(outcomes[2], Outcome::Duplicate(vec![1]));
         assert_eq!(
@@ -637,8 +635,8 @@ mod tests {
         assert_eq!(
             outcomes[6],
             Outcome::StaleTerm {
-                entry: 0,
-                current: 1
+                entry: Term(0),
+                current: Term(1)
             }
         );
         assert_eq!(outcomes[7], Outcome::Invalid("garbage".into()));
@@ -667,10 +665,16 @@ mod tests {
 
         // A redelivered batch changes nothing; the position is durable across a reopen.
         let (seq, _, again) = store.apply(&batch).unwrap();
-        assert_eq!((seq, again.len()), (12, 0));
+        assert_eq!((seq, again.len()), (Seq(12), 0));
         drop(store);
-        let store = Store::open(&path, &schema(), Sync::Full).unwrap();
-        assert_eq!(store.position(), (12, 1));
+        let store = Store::open(&path, &schema(), SyncMode::Full).unwrap();
+        assert_eq!(
+            store.position(),
+            Position {
+                seq: Seq(12),
+                term: Term(1)
+            }
+        );
         assert_eq!(store.read_all().unwrap().len(), 4);
     }
 
@@ -679,22 +683,28 @@ mod tests {
     #[test]
     fn snapshot_restores_elsewhere() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Store::open(&dir.path().join("a.db"), &schema(), Sync::Normal).unwrap();
-        let b = Store::open(&dir.path().join("b.db"), &schema(), Sync::Normal).unwrap();
+        let a = Store::open(&dir.path().join("a.db"), &schema(), SyncMode::Normal).unwrap();
+        let b = Store::open(&dir.path().join("b.db"), &schema(), SyncMode::Normal).unwrap();
         a.apply(&[
-            (1, entry(insert(1, "one"), 0)),
-            (2, entry(insert(2, "two"), 0)),
+            (Seq(1), entry(insert(1, "one"), 0)),
+            (Seq(2), entry(insert(2, "two"), 0)),
         ])
         .unwrap();
-        b.apply(&[(1, entry(insert(9, "gone"), 0))]).unwrap();
-        let (rows, seq, term) = a.snapshot().unwrap();
-        assert_eq!((rows.len(), seq, term), (2, 2, 0));
+        b.apply(&[(Seq(1), entry(insert(9, "gone"), 0))]).unwrap();
+        let (rows, at) = a.snapshot().unwrap();
+        assert_eq!((rows.len(), at.seq, at.term), (2, Seq(2), Term(0)));
         let rows: Vec<Row> = rows
             .iter()
             .map(|r| schema().parse_row(r, usize::MAX).unwrap())
             .collect();
-        b.restore(&rows, seq, term).unwrap();
+        b.restore(&rows, at).unwrap();
         assert_eq!(b.read_all().unwrap(), a.read_all().unwrap());
-        assert_eq!(b.position(), (2, 0));
+        assert_eq!(
+            b.position(),
+            Position {
+                seq: Seq(2),
+                term: Term(0)
+            }
+        );
     }
 }

@@ -70,12 +70,12 @@ pub async fn copy(
                 s.name
             )));
         }
-        let (rows, seq, term) = store::blocking(&replica.store, |s| s.snapshot())
+        let (rows, at) = store::blocking(&replica.store, |s| s.snapshot())
             .await
             .map_err(|e| ApiError::Internal(format!("shard {shard}: {e}")))?;
         out.insert(shard.to_string(), Value::Array(rows));
-        seqs.insert(shard.to_string(), seq.into());
-        terms.insert(shard.to_string(), term.into());
+        seqs.insert(shard.to_string(), at.seq.0.into());
+        terms.insert(shard.to_string(), at.term.0.into());
     }
     out.insert("seq".into(), Value::Object(seqs));
     out.insert("term".into(), Value::Object(terms));
