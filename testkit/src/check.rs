@@ -1,4 +1,4 @@
-//! Generic checks over a running [`Cluster`](crate::Cluster): replica agreement, WAL progress,
+//! Generic checks over a running [`LocalCluster`]: replica agreement, WAL progress,
 //! failure-body shape, and raw HTTP for requests `reqwest` would normalise or re-encode.
 
 use std::collections::BTreeMap;
@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{Cluster, POLL_INTERVAL};
+use crate::{LocalCluster, POLL_INTERVAL};
 
 /// `GET /status`, insisting on a 200.
-pub async fn status(c: &Cluster) -> Result<Value, String> {
+pub async fn status(c: &LocalCluster) -> Result<Value, String> {
     let (code, body) = c.get("/status").await;
     if code != 200 {
         return Err(format!("GET /status answered {code}: {body}"));
@@ -47,7 +47,10 @@ pub fn primary_of(status: &Value, shard: &str) -> Option<String> {
 }
 
 /// Every row of every shard `server` holds, via the gateway's `GET /read/{server}`.
-pub async fn server_rows(c: &Cluster, server: &str) -> Result<BTreeMap<String, Value>, String> {
+pub async fn server_rows(
+    c: &LocalCluster,
+    server: &str,
+) -> Result<BTreeMap<String, Value>, String> {
     let (code, body) = c.get(&format!("/read/{server}")).await;
     if code != 200 {
         return Err(format!("GET /read/{server} answered {code}: {body}"));
@@ -64,7 +67,7 @@ pub async fn server_rows(c: &Cluster, server: &str) -> Result<BTreeMap<String, V
 
 /// For every shard, every replica's rows (via `/read/<server>`) equal each other. Returns
 /// shard → its rows on success, or a description of the first difference.
-pub async fn replicas_identical(c: &Cluster) -> Result<BTreeMap<String, Vec<Value>>, String> {
+pub async fn replicas_identical(c: &LocalCluster) -> Result<BTreeMap<String, Vec<Value>>, String> {
     let st = status(c).await?;
     let mut held: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
     for server in st["servers"].as_object().into_iter().flatten().map(|e| e.0) {
@@ -130,7 +133,7 @@ pub fn converged(st: &Value) -> Result<(), String> {
 }
 
 /// Waits until [`converged`] holds; returns that `/status` body, or the last lag report.
-pub async fn wait_converged(c: &Cluster, timeout: Duration) -> Result<Value, String> {
+pub async fn wait_converged(c: &LocalCluster, timeout: Duration) -> Result<Value, String> {
     let deadline = Instant::now() + timeout;
     loop {
         let why = match status(c).await {
@@ -148,7 +151,7 @@ pub async fn wait_converged(c: &Cluster, timeout: Duration) -> Result<Value, Str
 }
 
 /// Every row in the whole key space, via `POST /read` over `[i64::MIN, i64::MAX]`.
-pub async fn all_rows(c: &Cluster) -> Result<Vec<Value>, String> {
+pub async fn all_rows(c: &LocalCluster) -> Result<Vec<Value>, String> {
     let (code, body) = c
         .post(
             "/read",
@@ -180,7 +183,7 @@ pub fn failure(got: &(u16, Value), code: u16, needle: &str) -> Result<(), String
 
 /// Sends one raw HTTP/1.1 request to `addr` (`host:port`) exactly as given — no path
 /// normalisation, no re-encoding, any body bytes — and returns `(status, body)` with the
-/// body parsed like [`Cluster::request`] does (status 0 on transport errors).
+/// body parsed like [`LocalCluster::request`] does (status 0 on transport errors).
 pub async fn raw_http(
     addr: &str,
     method: &str,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::TryStreamExt;
 
 use testkit::check::{self, failure};
-use testkit::{json, Cluster, Value};
+use testkit::{json, LocalCluster, Value};
 
 enum Body {
     None,
@@ -84,7 +84,7 @@ const HOSTILE_NAMES: [(&str, &str); 7] = [
     ("dot", "a.b"),
 ];
 
-async fn send(c: &Cluster, case: &Case) -> (u16, Value) {
+async fn send(c: &LocalCluster, case: &Case) -> (u16, Value) {
     let addr = c.gateway_url().trim_start_matches("http://").to_string();
     match &case.body {
         Body::None => check::raw_http(&addr, case.method, &case.path, None, b"").await,
@@ -106,7 +106,7 @@ async fn send(c: &Cluster, case: &Case) -> (u16, Value) {
 }
 
 /// What must not change: every row, and /status without the replicas' progress.
-async fn fingerprint(c: &Cluster) -> (Vec<Value>, Value, Vec<String>) {
+async fn fingerprint(c: &LocalCluster) -> (Vec<Value>, Value, Vec<String>) {
     let rows = check::all_rows(c).await.unwrap_or_else(|e| panic!("{e}"));
     let mut st = check::status(c).await.unwrap_or_else(|e| panic!("{e}"));
     let obj = st.as_object_mut().unwrap();
@@ -116,7 +116,7 @@ async fn fingerprint(c: &Cluster) -> (Vec<Value>, Value, Vec<String>) {
 }
 
 /// Runs the cases; returns a report line per case and the failures.
-async fn run(c: &Cluster, cases: &[Case], configured: bool) -> (Vec<String>, Vec<String>) {
+async fn run(c: &LocalCluster, cases: &[Case], configured: bool) -> (Vec<String>, Vec<String>) {
     let mut report = Vec::new();
     let mut failures = Vec::new();
     for case in cases {
@@ -631,7 +631,7 @@ fn data_cases() -> Vec<Case> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_inputs_are_rejected_and_change_nothing() {
-    let mut c = Cluster::start().await;
+    let mut c = LocalCluster::start().await;
 
     // Before /init: bad /init bodies configure nothing.
     let (mut report, mut failures) = run(&c, &init_cases(), false).await;

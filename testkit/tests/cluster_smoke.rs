@@ -1,13 +1,13 @@
-//! Self-test of testkit's Cluster: it starts, `/init` works, and dropping it leaves no
+//! Self-test of testkit's LocalCluster: it starts, `/init` works, and dropping it leaves no
 //! process behind (manager, gateway, nats and every shard server).
 
 use std::time::Duration;
 
-use testkit::{json, pid_alive, Cluster};
+use testkit::{json, pid_alive, LocalCluster};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cluster_starts_and_cleans_up() {
-    let c = Cluster::start().await;
+    let c = LocalCluster::start().await;
     assert_eq!(c.get("/healthz").await.0, 200);
     assert_eq!(c.manager_get("/healthz").await.0, 200);
     c.init(testkit::workload("a1")).await;

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use testkit::check::{self, failure, primary_of, replicas_of};
-use testkit::{json, pid_alive, Cluster, Value};
+use testkit::{json, pid_alive, LocalCluster, Value};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -15,7 +15,7 @@ fn row(k: i64, name: &str, marks: i64) -> Value {
     json!({"Stud_id": k, "Stud_name": name, "Stud_marks": marks})
 }
 
-async fn read(c: &Cluster, low: i64, high: i64) -> (Vec<i64>, Value) {
+async fn read(c: &LocalCluster, low: i64, high: i64) -> (Vec<i64>, Value) {
     let (code, body) = c
         .post(
             "/read",
@@ -33,7 +33,7 @@ async fn read(c: &Cluster, low: i64, high: i64) -> (Vec<i64>, Value) {
 }
 
 async fn converged_and_identical(
-    c: &Cluster,
+    c: &LocalCluster,
 ) -> (Value, std::collections::BTreeMap<String, Vec<Value>>) {
     let st = check::wait_converged(c, CONVERGE)
         .await
@@ -46,7 +46,7 @@ async fn converged_and_identical(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn write_read_update_delete_across_shards() {
-    let c = Cluster::start().await;
+    let c = LocalCluster::start().await;
     let init = c.init(testkit::workload("a1")).await;
     assert_eq!(
         init,
@@ -187,7 +187,7 @@ async fn write_read_update_delete_across_shards() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wal_stream_is_readable_and_consumers_exist() {
-    let c = Cluster::start().await;
+    let c = LocalCluster::start().await;
     c.init(testkit::workload("a1")).await;
     for k in [1_i64, 2, 3] {
         let (code, body) = c.post("/write", json!({"data": [row(k, "W", 1)]})).await;
@@ -265,7 +265,7 @@ async fn wal_stream_is_readable_and_consumers_exist() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn add_new_shard_and_new_replica() {
-    let c = Cluster::start().await;
+    let c = LocalCluster::start().await;
     c.init(testkit::workload("a1")).await;
     let old: Vec<Value> = (0..30).map(|i| row(i * 300, "OLD", i)).collect();
     let (code, body) = c.post("/write", json!({"data": old})).await;
@@ -334,7 +334,7 @@ async fn add_new_shard_and_new_replica() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rm_primary_elects_and_guards_hold() {
-    let c = Cluster::start().await;
+    let c = LocalCluster::start().await;
     c.init(testkit::workload("a1")).await;
     let (code, body) = c
         .post(
@@ -414,7 +414,7 @@ async fn rm_primary_elects_and_guards_hold() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_server_resumes_from_its_stored_sequence() {
-    let c = Cluster::start().await;
+    let c = LocalCluster::start().await;
     c.init(testkit::workload("a1")).await;
     let first: Vec<Value> = (0..20).map(|i| row(i * 800, "PRE", i)).collect();
     let (code, body) = c.post("/write", json!({"data": first})).await;
@@ -556,7 +556,7 @@ async fn killed_server_resumes_from_its_stored_sequence() {
 /// commit must split the group rather than fail it (nats-server here takes 1 MiB).
 #[tokio::test(flavor = "multi_thread")]
 async fn large_concurrent_writes_are_split_across_entries() {
-    let c = Cluster::start().await;
+    let c = LocalCluster::start().await;
     c.init(testkit::workload("a1")).await;
     let wide = "w".repeat(3_500);
     let writes = (0..12i64).map(|w| {
@@ -581,7 +581,7 @@ async fn large_concurrent_writes_are_split_across_entries() {
 /// fewer WAL entries than there were writes (group commit).
 #[tokio::test(flavor = "multi_thread")]
 async fn durable_mode_groups_concurrent_writes_and_keeps_them() {
-    let c = Cluster::start_with(testkit::ClusterOptions {
+    let c = LocalCluster::start_with(testkit::ClusterOptions {
         manager_args: vec!["--sqlite-sync".into(), "full".into()],
         ..Default::default()
     })

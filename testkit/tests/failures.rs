@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use testkit::workload::{self, check, primary_of, replicas_of, History, Outcome, Workload};
 use testkit::workload::{OpKind, OpRecord, WorkloadConfig};
-use testkit::{json, pid_alive, signal, wait_until, Cluster, Value};
+use testkit::{json, pid_alive, signal, wait_until, LocalCluster, Value};
 
 /// Settling after a fault (respawn + catch-up) on a busy 2-core machine.
 const SETTLE: Duration = Duration::from_secs(120);
@@ -23,13 +23,13 @@ const SETTLE: Duration = Duration::from_secs(120);
 const FAILOVER: Duration = Duration::from_secs(30);
 const KEYS: (i64, i64) = (0, 16_384);
 
-async fn start_a1() -> Cluster {
-    let c = Cluster::start().await;
+async fn start_a1() -> LocalCluster {
+    let c = LocalCluster::start().await;
     c.init(testkit::workload("a1")).await;
     c
 }
 
-async fn status(c: &Cluster) -> Value {
+async fn status(c: &LocalCluster) -> Value {
     let mut last = (0, Value::Null);
     for _ in 0..50 {
         last = c.get("/status").await;
@@ -86,7 +86,7 @@ fn range_of(st: &Value, shard: &str) -> (i64, i64) {
 }
 
 /// Waits until `/status` names a primary for `shard` other than `old`; returns it.
-async fn wait_new_primary(c: &Cluster, shard: &str, old: &str, timeout: Duration) -> String {
+async fn wait_new_primary(c: &LocalCluster, shard: &str, old: &str, timeout: Duration) -> String {
     let deadline = Instant::now() + timeout;
     loop {
         let (s, st) = c.get("/status").await;
@@ -106,7 +106,7 @@ async fn wait_new_primary(c: &Cluster, shard: &str, old: &str, timeout: Duration
 }
 
 /// How many times the manager has logged respawning `name` and seeing it caught up.
-fn respawns(c: &Cluster, name: &str) -> usize {
+fn respawns(c: &LocalCluster, name: &str) -> usize {
     let log = fs::read_to_string(c.logs_dir().join("manager.log")).unwrap_or_default();
     let needle = format!("server={name} ");
     log.lines()
@@ -115,14 +115,19 @@ fn respawns(c: &Cluster, name: &str) -> usize {
 }
 
 /// Kills `name` (SIGKILL); returns its pid and the respawn count before the kill.
-fn kill(c: &Cluster, name: &str) -> (i32, usize) {
+fn kill(c: &LocalCluster, name: &str) -> (i32, usize) {
     let before = respawns(c, name);
     (c.kill_server(name), before)
 }
 
 /// Waits until the manager has respawned `name` (one more "respawned and caught up" than
 /// `before`), it runs as a new process and `/status` says it is up; returns the new pid.
-async fn wait_respawned(c: &Cluster, name: &str, killed: (i32, usize), timeout: Duration) -> i32 {
+async fn wait_respawned(
+    c: &LocalCluster,
+    name: &str,
+    killed: (i32, usize),
+    timeout: Duration,
+) -> i32 {
     let (old_pid, before) = killed;
     let ok = wait_until(timeout, || async {
         respawns(c, name) > before
@@ -139,7 +144,7 @@ async fn wait_respawned(c: &Cluster, name: &str, killed: (i32, usize), timeout: 
     c.server_pid(name).unwrap()
 }
 
-async fn wait_health(c: &Cluster, name: &str, want: &str, timeout: Duration) {
+async fn wait_health(c: &LocalCluster, name: &str, want: &str, timeout: Duration) {
     let ok = wait_until(timeout, || async {
         c.get("/status").await.1["health"][name] == want
     })
@@ -163,7 +168,7 @@ async fn wait_acked_since(w: &Workload, since: Duration, n: usize, timeout: Dura
     );
 }
 
-async fn finish_and_check(c: &Cluster, w: Workload) -> History {
+async fn finish_and_check(c: &LocalCluster, w: Workload) -> History {
     let history = w.stop_and_finish().await;
     println!("workload: {}", history.summary());
     assert!(
@@ -255,7 +260,7 @@ async fn kill_primary_during_write_burst() {
 /// Probes writes to `shard` (fresh keys from `next_key`) until one gets a 503 naming the
 /// shard; returns that answer's message. Every probe is recorded in `history`.
 async fn expect_unavailable(
-    c: &Cluster,
+    c: &LocalCluster,
     shard: &str,
     next_key: &mut impl FnMut() -> i64,
     history: &mut History,
@@ -273,7 +278,7 @@ async fn expect_unavailable(
 }
 
 /// One single-row insert through the gateway, recorded in `history`.
-async fn probe(c: &Cluster, key: i64, history: &mut History) -> OpRecord {
+async fn probe(c: &LocalCluster, key: i64, history: &mut History) -> OpRecord {
     let op = workload::perform(
         c.client(),
         &c.gateway_url(),
@@ -290,7 +295,7 @@ async fn probe(c: &Cluster, key: i64, history: &mut History) -> OpRecord {
 
 /// Probes until a write to a fresh key succeeds; returns the time taken.
 async fn probe_until_ok(
-    c: &Cluster,
+    c: &LocalCluster,
     next_key: &mut impl FnMut() -> i64,
     history: &mut History,
     timeout: Duration,
@@ -538,7 +543,7 @@ async fn manager_down_then_restarted() {
 
 /// Writes rows `keys` in batches through the gateway (each batch must get 200); returns
 /// them as acknowledged inserts.
-async fn preload(c: &Cluster, keys: std::ops::Range<i64>, batch: usize) -> History {
+async fn preload(c: &LocalCluster, keys: std::ops::Range<i64>, batch: usize) -> History {
     let mut history = History::default();
     let all: Vec<i64> = keys.collect();
     for chunk in all.chunks(batch) {
@@ -575,7 +580,7 @@ async fn preload(c: &Cluster, keys: std::ops::Range<i64>, batch: usize) -> Histo
 
 /// Kills `name`, empties its data dir, waits for the manager to respawn it and for it to
 /// catch up; returns (kill → up, the catch-up lines of its log).
-async fn respawn_empty(c: &Cluster, name: &str) -> (Duration, Vec<String>) {
+async fn respawn_empty(c: &LocalCluster, name: &str) -> (Duration, Vec<String>) {
     // The manager respawns a server whose process is gone within a heartbeat; pause it so
     // the disk is lost while the server is down, not under the respawned one.
     let manager = c.manager_pid();
@@ -694,7 +699,7 @@ async fn failover_time_median_of_5() {
 
 /// One big shard on three servers, `rows` rows in it; a secondary respawned empty.
 async fn big_shard_catch_up(rows: i64) {
-    let c = Cluster::start().await;
+    let c = LocalCluster::start().await;
     c.init(json!({
         "N": 3,
         "schema": {"columns": ["Stud_id", "Stud_name", "Stud_marks"],

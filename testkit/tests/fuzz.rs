@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use testkit::{check, json, python, Cluster, ClusterOptions, Value};
+use testkit::{check, json, python, ClusterOptions, LocalCluster, Value};
 
 const TOKEN: &str = "fuzz-admin-token";
 /// Bound on the schemathesis run (~40 s here with the defaults). Not its `--max-time`: that
@@ -54,7 +54,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 #[tokio::test(flavor = "multi_thread")]
 async fn schemathesis_finds_nothing() {
     let st = python::venv_bin("st");
-    let c = Cluster::start_with(ClusterOptions {
+    let c = LocalCluster::start_with(ClusterOptions {
         env: vec![("SHARDLINE_ADMIN_TOKEN".into(), TOKEN.into())],
         ..Default::default()
     })
@@ -138,7 +138,7 @@ async fn schemathesis_finds_nothing() {
 }
 
 /// Pid of every process of the cluster, by name.
-fn processes(c: &Cluster) -> BTreeMap<String, Option<i32>> {
+fn processes(c: &LocalCluster) -> BTreeMap<String, Option<i32>> {
     c.server_names()
         .into_iter()
         .map(|n| {

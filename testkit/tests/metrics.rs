@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use testkit::{json, Cluster, ClusterOptions, Value};
+use testkit::{json, ClusterOptions, LocalCluster, Value};
 
 /// The value of the first sample whose line starts with `name{` and contains every label
 /// (`key="value"`), or of `name` without labels; 0 when absent.
@@ -22,7 +22,7 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-async fn scrape(c: &Cluster, url: &str) -> String {
+async fn scrape(c: &LocalCluster, url: &str) -> String {
     let resp = c
         .client()
         .get(url)
@@ -44,7 +44,7 @@ async fn scrape(c: &Cluster, url: &str) -> String {
 }
 
 /// `host:port` of a shard server, from the cluster metadata in NATS KV.
-async fn server_addr(c: &Cluster, server: &str) -> String {
+async fn server_addr(c: &LocalCluster, server: &str) -> String {
     let nats = async_nats::connect(c.nats().url()).await.expect("nats");
     let js = async_nats::jetstream::new(nats);
     let kv = js.get_key_value("shardline_meta").await.expect("bucket");
@@ -58,7 +58,7 @@ async fn server_addr(c: &Cluster, server: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn counters_move() {
-    let c = Cluster::start_with(ClusterOptions {
+    let c = LocalCluster::start_with(ClusterOptions {
         manager_args: vec!["--heartbeat-ms".into(), "200".into()],
         ..Default::default()
     })

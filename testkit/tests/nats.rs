@@ -107,11 +107,11 @@ fn proc_lifecycle_and_listening_line() {
     });
 }
 
-/// Never run: keeps the Cluster API (as the integration tests use it) compiling.
+/// Never run: keeps the LocalCluster API (as the integration tests use it) compiling.
 #[allow(dead_code)]
 async fn cluster_api_compiles() {
-    use testkit::{json, Cluster};
-    let mut c = Cluster::start().await;
+    use testkit::{json, LocalCluster};
+    let mut c = LocalCluster::start().await;
     c.init(testkit::workload("a1")).await;
     let row = json!({"data": [{"Stud_id": 1, "Stud_name": "A", "Stud_marks": 5}]});
     let (_status, _body) = c.post("/write", &row).await;

@@ -8,7 +8,7 @@ use std::fs;
 use std::time::Duration;
 
 use async_nats::ConnectErrorKind;
-use testkit::{bin, json, wait_for, Cluster, ClusterOptions, NatsCreds, Proc, Value};
+use testkit::{bin, json, wait_for, ClusterOptions, LocalCluster, NatsCreds, Proc, Value};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -34,7 +34,7 @@ fn rows(keys: &[u64]) -> Value {
 
 /// Writes one row to each shard of a1 (keys `offset`, `4096 + offset`, ...), then polls
 /// reads through the gateway until those rows are seen.
-async fn write_and_read(c: &Cluster, offset: u64) {
+async fn write_and_read(c: &LocalCluster, offset: u64) {
     let keys: Vec<u64> = (0..4).map(|shard| shard * 4096 + offset).collect();
     let (status, body) = c.post("/write", rows(&keys)).await;
     assert_eq!(status, 200, "write through the gateway: {body}");
@@ -57,7 +57,7 @@ async fn write_and_read(c: &Cluster, offset: u64) {
 /// Every shard server the manager spawned runs with the credentials in its environment
 /// (the manager got them as flags, so they cannot have been inherited) and not on its
 /// command line, and reached NATS.
-fn check_servers(c: &Cluster, creds: &NatsCreds) {
+fn check_servers(c: &LocalCluster, creds: &NatsCreds) {
     let names = c.server_names();
     assert_eq!(names.len(), 6, "servers: {names:?}");
     for name in names {
@@ -88,7 +88,7 @@ fn check_servers(c: &Cluster, creds: &NatsCreds) {
 }
 
 /// A client without credentials, and one with the wrong ones, are refused by the server.
-async fn assert_refused(c: &Cluster, wrong: NatsCreds) {
+async fn assert_refused(c: &LocalCluster, wrong: NatsCreds) {
     let url = c.nats().url();
     let err = async_nats::connect(url.as_str())
         .await
@@ -112,7 +112,7 @@ async fn assert_refused(c: &Cluster, wrong: NatsCreds) {
 
 /// A gateway given wrong credentials keeps serving /healthz but never reaches NATS: it logs
 /// the refusal and is never ready.
-async fn gateway_with_wrong_creds_is_refused(c: &Cluster, wrong: &NatsCreds) {
+async fn gateway_with_wrong_creds_is_refused(c: &LocalCluster, wrong: &NatsCreds) {
     let mut gw = Proc::builder("gateway-wrong-creds", bin("gateway"))
         .args(["--listen", "127.0.0.1:0", "--nats-url", &c.nats().url()])
         .args(["--manager-url", &c.manager_url()])
@@ -140,8 +140,8 @@ async fn gateway_with_wrong_creds_is_refused(c: &Cluster, wrong: &NatsCreds) {
     );
 }
 
-async fn cluster_with(creds: NatsCreds) -> Cluster {
-    Cluster::start_with(ClusterOptions {
+async fn cluster_with(creds: NatsCreds) -> LocalCluster {
+    LocalCluster::start_with(ClusterOptions {
         nats_auth: Some(creds),
         ..Default::default()
     })

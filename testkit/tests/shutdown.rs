@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use testkit::{check, json, pid_alive, signal, Cluster};
+use testkit::{check, json, pid_alive, signal, LocalCluster};
 
 const WRITERS: i64 = 4;
 const PER_WRITER: i64 = 600;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_under_load_loses_no_acknowledged_write() {
-    let mut c = Cluster::start().await;
+    let mut c = LocalCluster::start().await;
     c.init(testkit::workload("a1")).await;
 
     let stop = Arc::new(AtomicBool::new(false));

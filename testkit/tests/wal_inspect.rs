@@ -6,12 +6,12 @@
 
 use std::time::Duration;
 
-use testkit::{check, json, python, workspace_root, Cluster, Value};
+use testkit::{check, json, python, workspace_root, LocalCluster, Value};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nats_py_reads_the_log_in_order() {
     let py = python::venv_bin("python");
-    let c = Cluster::start().await;
+    let c = LocalCluster::start().await;
     c.init(testkit::workload("a1")).await;
 
     // sh1 holds [0, 4096): an insert of three rows, an update, a delete, in that order; a row

@@ -6,11 +6,12 @@
 //! and now and then updates or deletes one of its keys. Every request's outcome is recorded:
 //!
 //! - [`Outcome::Acked`]: 200, so the write is committed and must survive;
-//! - [`Outcome::Rejected`]: a 4xx, or a 503 whose message says the write was certainly not
-//!   applied (e.g. the entry of a deposed primary was skipped): it must be nowhere;
-//! - [`Outcome::Unknown`]: a connection error, timeout or another 5xx: it may or may not have
-//!   been applied. A client never touches a key again after an unknown outcome on it, so
-//!   every key's possible final states stay easy to enumerate.
+//! - [`Outcome::Rejected`]: a failure whose body says `"outcome": "not_applied"` (a 4xx, or a
+//!   503 such as a deposed primary's skipped entry): it must be nowhere;
+//! - [`Outcome::Unknown`]: a connection error, a timeout, or a failure whose `outcome` is
+//!   `unknown` or missing: it may or may not have been applied. A client never touches a
+//!   key again after an unknown outcome on it, so every key's possible final states stay
+//!   easy to enumerate.
 //!
 //! The workload is bounded both in operations (`clients * keys_per_client` inserts plus the
 //! updates/deletes) and in time (`max_duration`), and can be stopped early.
@@ -21,15 +22,23 @@
 //! with its last acknowledged value, deleted rows stay deleted, and nothing written by a
 //! rejected request — such as a deposed primary's — exists anywhere).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
+use serde::Deserialize as _;
 use serde_json::{json, Value};
+use shardline::error::{Effect, ErrorBody};
 
-use crate::{wait_until, Cluster};
+use crate::{wait_until, LocalCluster};
+
+mod verify;
+
+pub use verify::{
+    check, possible_states, primary_of, replicas_of, settle, settled, shard_range, CheckReport,
+};
 
 /// Shape of a [`Workload`].
 #[derive(Clone, Debug)]
@@ -88,9 +97,9 @@ impl WorkloadConfig {
 pub enum Outcome {
     /// 200: committed.
     Acked,
-    /// Certainly not applied (4xx, or a 503 that says so).
+    /// Certainly not applied (the failure body's `outcome` is `not_applied`).
     Rejected,
-    /// Maybe applied (transport error, timeout, other 5xx).
+    /// Maybe applied (transport error, timeout, `outcome` `unknown` or missing).
     Unknown,
 }
 
@@ -155,30 +164,21 @@ pub fn row(key: i64, v: &RowValue) -> Value {
     json!({"Stud_id": key, "Stud_name": v.0, "Stud_marks": v.1})
 }
 
-/// Classifies an answer. A 503 is an unknown outcome unless its message says the write was
-/// certainly not applied.
+/// Classifies an answer by its status and the failure body's `outcome`, never by its
+/// English message: 200 is acknowledged; a failure body saying `"outcome": "not_applied"`
+/// is certainly not applied; anything else (`unknown`, no answer, a body that is not a
+/// shardline failure body, so says nothing about the outcome) may have been applied.
 pub fn classify(status: u16, body: &Value) -> Outcome {
-    let msg = message(body);
-    match status {
-        200 => Outcome::Acked,
-        400..=499 => Outcome::Rejected,
-        503 if certainly_not_applied(&msg) => Outcome::Rejected,
+    if status == 200 {
+        return Outcome::Acked;
+    }
+    match ErrorBody::deserialize(body) {
+        Ok(ErrorBody {
+            outcome: Some(Effect::NotApplied),
+            ..
+        }) if status != 0 => Outcome::Rejected,
         _ => Outcome::Unknown,
     }
-}
-
-/// 503 messages after which the write is known not to be in the log (or to be skipped by
-/// every replica). Anything else (no quorum, timeouts, no answer) may have been applied.
-fn certainly_not_applied(msg: &str) -> bool {
-    const NOT_APPLIED: [&str; 6] = [
-        "was deposed",                    // the entry was skipped as of a stale term
-        "has not yet applied the marker", // refused before appending
-        "refused as not the primary",     // refused before appending
-        "has no primary",                 // never sent
-        "is unreachable",                 // connection refused: never sent
-        "no live replica",                // never sent
-    ];
-    NOT_APPLIED.iter().any(|p| msg.contains(p))
 }
 
 fn message(body: &Value) -> String {
@@ -189,21 +189,9 @@ fn message(body: &Value) -> String {
     }
 }
 
-/// One HTTP request; status 0 on a transport error (like [`Cluster::request`]).
+/// One HTTP request; status 0 on a transport error (see [`crate::http::send`]).
 pub async fn send(http: &reqwest::Client, method: Method, url: &str, body: &Value) -> (u16, Value) {
-    let resp = match http.request(method, url).json(body).send().await {
-        Ok(r) => r,
-        Err(e) => return (0, Value::String(format!("request to {url} failed: {e}"))),
-    };
-    let status = resp.status().as_u16();
-    match resp.bytes().await {
-        Ok(b) => (
-            status,
-            serde_json::from_slice(&b)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&b).into_owned())),
-        ),
-        Err(e) => (0, Value::String(format!("reading the answer failed: {e}"))),
-    }
+    crate::http::send(http, method, url, Some(body)).await
 }
 
 /// Performs one operation through the gateway at `base` and records it.
@@ -257,7 +245,7 @@ pub struct Workload {
 
 impl Workload {
     /// Starts the clients against the cluster's gateway.
-    pub fn start(cluster: &Cluster, config: WorkloadConfig) -> Workload {
+    pub fn start(cluster: &LocalCluster, config: WorkloadConfig) -> Workload {
         Self::start_at(&cluster.gateway_url(), config)
     }
 
@@ -413,308 +401,5 @@ impl Workload {
     pub async fn stop_and_finish(self) -> History {
         self.stop();
         self.finish().await
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Checking
-// ---------------------------------------------------------------------------------------
-
-/// The states a key may be in after `ops` (its operations, in the order one client sent
-/// them): one state when its last operation was acknowledged, more after unknown outcomes.
-pub fn possible_states(ops: &[&OpRecord]) -> BTreeSet<Option<RowValue>> {
-    let mut states: BTreeSet<Option<RowValue>> = [None].into();
-    for op in ops {
-        let apply = |s: &Option<RowValue>| -> Option<RowValue> {
-            match (op.kind, s) {
-                (OpKind::Insert, None) => op.value.clone(),
-                (OpKind::Insert, Some(x)) => Some(x.clone()),
-                (OpKind::Update, Some(_)) => op.value.clone(),
-                (OpKind::Update, None) => None,
-                (OpKind::Delete, _) => None,
-            }
-        };
-        match op.outcome {
-            Outcome::Acked => {
-                states = [match op.kind {
-                    OpKind::Insert | OpKind::Update => op.value.clone(),
-                    OpKind::Delete => None,
-                }]
-                .into()
-            }
-            Outcome::Rejected => {}
-            Outcome::Unknown => {
-                let next: Vec<_> = states.iter().map(apply).collect();
-                states.extend(next);
-            }
-        }
-    }
-    states
-}
-
-/// What [`check`] found (it panics on any violation).
-#[derive(Debug, Clone)]
-pub struct CheckReport {
-    pub keys: usize,
-    pub rows_present: usize,
-    pub replicas_compared: usize,
-    pub settle_time: Duration,
-}
-
-/// Waits (up to `settle`) until every server is up and every replica of every shard has
-/// applied its shard's whole log; returns the last `/status`.
-pub async fn settle(c: &Cluster, settle: Duration) -> Value {
-    let deadline = Instant::now() + settle;
-    let (ok, last) = loop {
-        let (s, st) = c.get("/status").await;
-        if s == 200 && settled(&st) {
-            break (true, st);
-        }
-        if Instant::now() >= deadline {
-            break (false, st);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(
-        ok,
-        "cluster did not settle within {settle:?}; last /status: {last:#}"
-    );
-    last
-}
-
-/// Every server up, every shard has a primary, every replica applied == wal_last_seq.
-pub fn settled(st: &Value) -> bool {
-    let Some(health) = st["health"].as_object() else {
-        return false;
-    };
-    if !health.values().all(|h| h == "up") {
-        return false;
-    }
-    let Some(shards) = st["shards"].as_array() else {
-        return false;
-    };
-    shards.iter().all(|sh| {
-        let id = sh["Shard_id"].as_str().unwrap_or_default();
-        let last = sh["wal_last_seq"].as_u64();
-        !sh["primary"].is_null()
-            && last.is_some()
-            && replicas_of(st, id)
-                .iter()
-                .all(|srv| st["applied"][srv.as_str()][id].as_u64() == last)
-    })
-}
-
-/// Servers holding `shard` per `/status`.
-pub fn replicas_of(st: &Value, shard: &str) -> Vec<String> {
-    st["servers"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .filter(|(_, shards)| {
-                    shards
-                        .as_array()
-                        .is_some_and(|a| a.iter().any(|s| s == shard))
-                })
-                .map(|(n, _)| n.clone())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The primary of `shard` per `/status`.
-pub fn primary_of(st: &Value, shard: &str) -> Option<String> {
-    st["shards"]
-        .as_array()?
-        .iter()
-        .find(|s| s["Shard_id"] == shard)?["primary"]
-        .as_str()
-        .map(str::to_owned)
-}
-
-/// `[low, high)` of `shard` per `/status`.
-pub fn shard_range(st: &Value, shard: &str) -> Option<(i64, i64)> {
-    let s = st["shards"]
-        .as_array()?
-        .iter()
-        .find(|s| s["Shard_id"] == shard)?;
-    let low = s["Stud_id_low"].as_i64()?;
-    Some((low, low + s["Shard_size"].as_i64()?))
-}
-
-/// A replica's rows by key.
-type Rows = BTreeMap<i64, RowValue>;
-
-fn parse_rows(rows: &Value) -> Result<Rows, String> {
-    let mut out = BTreeMap::new();
-    for r in rows.as_array().ok_or("rows are not an array")? {
-        let k = r["Stud_id"]
-            .as_i64()
-            .ok_or_else(|| format!("bad row {r}"))?;
-        let name = r["Stud_name"].as_str().unwrap_or_default().to_string();
-        let marks = r["Stud_marks"].as_i64().unwrap_or(i64::MIN);
-        if out.insert(k, (name, marks)).is_some() {
-            return Err(format!("key {k} appears twice"));
-        }
-    }
-    Ok(out)
-}
-
-/// Settles the cluster, then checks (panicking with every problem found):
-/// 1. each key of `history` read with `consistency: primary` and from every replica
-///    (`/read/<server>`) is in one of its possible states: acknowledged writes are there
-///    with their last acknowledged value, deleted rows stay deleted;
-/// 2. all replicas of every shard hold identical rows and the same applied sequence;
-/// 3. no row exists that the history cannot explain (a rejected request's row, a key never
-///    written) — within `[key_low, key_high)`.
-pub async fn check(
-    c: &Cluster,
-    history: &History,
-    key_low: i64,
-    key_high: i64,
-    settle_timeout: Duration,
-) -> CheckReport {
-    let t = Instant::now();
-    let st = settle(c, settle_timeout).await;
-    let settle_time = t.elapsed();
-    let mut problems: Vec<String> = Vec::new();
-
-    // Possible states per key.
-    let mut by_key: BTreeMap<i64, Vec<&OpRecord>> = BTreeMap::new();
-    for op in &history.ops {
-        by_key.entry(op.key).or_default().push(op);
-    }
-    let possible: BTreeMap<i64, BTreeSet<Option<RowValue>>> = by_key
-        .iter()
-        .map(|(k, ops)| (*k, possible_states(ops)))
-        .collect();
-    // Judges the keys in `[low, high)` (a shard's range, or the whole read).
-    let judge = |where_: &str, rows: &Rows, (low, high): (i64, i64), problems: &mut Vec<String>| {
-        for (k, states) in possible.range(low..high) {
-            let got = rows.get(k).cloned();
-            if !states.contains(&got) {
-                let ops: Vec<String> = by_key[k]
-                    .iter()
-                    .map(|o| {
-                        format!(
-                            "{:?} {:?} -> {} {:?} ({}) at {:?}",
-                            o.kind, o.value, o.status, o.outcome, o.message, o.at
-                        )
-                    })
-                    .collect();
-                problems.push(format!(
-                    "{where_}: key {k} is {got:?}, expected one of {states:?}; ops: {ops:?}"
-                ));
-            }
-        }
-        for (k, v) in rows.range(key_low.max(low)..key_high.min(high)) {
-            if !possible.contains_key(k) {
-                problems.push(format!(
-                    "{where_}: key {k} = {v:?} was never written by anyone"
-                ));
-            }
-        }
-    };
-
-    // 1a. Through the primaries.
-    let (s, body) = c
-        .post(
-            "/read",
-            json!({"Stud_id": {"low": key_low, "high": key_high - 1}, "consistency": "primary"}),
-        )
-        .await;
-    let mut rows_present = 0;
-    if s != 200 {
-        problems.push(format!("primary read answered {s}: {body}"));
-    } else {
-        match parse_rows(&body["data"]) {
-            Ok(rows) => {
-                rows_present = rows.len();
-                judge("primary read", &rows, (key_low, key_high), &mut problems);
-            }
-            Err(e) => problems.push(format!("primary read: {e}")),
-        }
-    }
-
-    // 1b + 2. Every replica, shard by shard.
-    let mut replicas_compared = 0;
-    let servers: Vec<String> = st["servers"]
-        .as_object()
-        .map(|m| m.keys().cloned().collect())
-        .unwrap_or_default();
-    let mut per_shard: BTreeMap<String, Vec<(String, Rows)>> = BTreeMap::new();
-    for srv in &servers {
-        let (s, body) = c.get(&format!("/read/{srv}")).await;
-        if s != 200 {
-            problems.push(format!("/read/{srv} answered {s}: {body}"));
-            continue;
-        }
-        for shard in st["servers"][srv.as_str()]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-        {
-            match parse_rows(&body[shard]) {
-                Ok(rows) => {
-                    let Some(range) = shard_range(&st, shard) else {
-                        problems.push(format!("shard {shard} of {srv} is not in /status"));
-                        continue;
-                    };
-                    judge(&format!("{srv}/{shard}"), &rows, range, &mut problems);
-                    per_shard
-                        .entry(shard.to_string())
-                        .or_default()
-                        .push((srv.clone(), rows));
-                }
-                Err(e) => problems.push(format!("/read/{srv} shard {shard}: {e}")),
-            }
-        }
-    }
-    for (shard, copies) in &per_shard {
-        let applied: BTreeSet<Option<u64>> = copies
-            .iter()
-            .map(|(srv, _)| st["applied"][srv.as_str()][shard.as_str()].as_u64())
-            .collect();
-        if applied.len() != 1 {
-            problems.push(format!(
-                "shard {shard}: replicas applied differ: {applied:?}"
-            ));
-        }
-        let (first_srv, first) = &copies[0];
-        for (srv, rows) in &copies[1..] {
-            replicas_compared += 1;
-            if rows != first {
-                let diff: Vec<i64> = first
-                    .keys()
-                    .chain(rows.keys())
-                    .filter(|k| first.get(k) != rows.get(k))
-                    .copied()
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .take(20)
-                    .collect();
-                problems.push(format!(
-                    "shard {shard}: {srv} ({} rows) differs from {first_srv} ({} rows); keys {diff:?}",
-                    rows.len(),
-                    first.len()
-                ));
-            }
-        }
-    }
-
-    if !problems.is_empty() {
-        let n = problems.len();
-        problems.truncate(30);
-        panic!(
-            "check failed ({n} problems; {}):\n{}\n/status: {st:#}",
-            history.summary(),
-            problems.join("\n")
-        );
-    }
-    CheckReport {
-        keys: possible.len(),
-        rows_present,
-        replicas_compared,
-        settle_time,
     }
 }

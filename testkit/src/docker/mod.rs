@@ -17,173 +17,24 @@
 //! volume and network labelled with the test's project, also when the test panicked (after
 //! printing the tail of the manager's and gateway's logs).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
+mod engine;
+mod writer;
+
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::{free_port, wait_until, workspace_root, Method, NatsCreds};
+use engine::{compose_cmd, lock, stdout, sweep_stale_projects, Lock};
 
-/// The images the compose file uses (tag `latest`, as `make images` builds them).
-pub const IMAGES: [&str; 4] = [
-    "shardline-nats:latest",
-    "shardline-shard-server:latest",
-    "shardline-manager:latest",
-    "shardline-gateway:latest",
-];
-/// Label on everything a project creates.
-pub const LABEL_PROJECT: &str = "io.shardline.project";
+pub use engine::{docker, remove_project, unavailable, IMAGES, LABEL_PROJECT, LOCK_TIMEOUT};
+pub use writer::{row, Writer};
+
 /// How long `up` waits for the gateway.
 pub const UP_TIMEOUT: Duration = Duration::from_secs(90);
-/// How long a test waits for the lock held by another Docker test.
-pub const LOCK_TIMEOUT: Duration = Duration::from_secs(25 * 60);
-
-/// Runs `docker <args>`; returns its output (never panics).
-pub fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| Output {
-            status: std::os::unix::process::ExitStatusExt::from_raw(127 << 8),
-            stdout: Vec::new(),
-            stderr: format!("cannot run docker: {e}").into_bytes(),
-        })
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-/// `docker-compose` (v1) or `docker compose` (v2), whichever works.
-fn compose_cmd() -> Option<Vec<String>> {
-    let ok = |prog: &str, args: &[&str]| {
-        Command::new(prog)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if ok("docker-compose", &["version"]) {
-        Some(vec!["docker-compose".into()])
-    } else if ok("docker", &["compose", "version"]) {
-        Some(vec!["docker".into(), "compose".into()])
-    } else {
-        None
-    }
-}
-
-/// Why Docker tests cannot run here, or `None` when they can.
-pub fn unavailable() -> Option<String> {
-    let info = docker(&["info", "--format", "{{.ServerVersion}}"]);
-    if !info.status.success() {
-        return Some(format!(
-            "no Docker engine reachable (`docker info` failed: {})",
-            String::from_utf8_lossy(&info.stderr).trim()
-        ));
-    }
-    if compose_cmd().is_none() {
-        return Some("neither `docker-compose` nor `docker compose` is available".into());
-    }
-    let missing: Vec<&str> = IMAGES
-        .iter()
-        .copied()
-        .filter(|i| !docker(&["image", "inspect", i]).status.success())
-        .collect();
-    if !missing.is_empty() {
-        return Some(format!(
-            "images not built: {} (run `make images`)",
-            missing.join(", ")
-        ));
-    }
-    None
-}
-
-/// Removes every container (the manager's first), volume and network labelled
-/// `io.shardline.project=<project>`.
-pub fn remove_project(project: &str) {
-    let label = format!("label={LABEL_PROJECT}={project}");
-    let manager = stdout(&docker(&[
-        "ps",
-        "-aq",
-        "--filter",
-        &label,
-        "--filter",
-        "label=com.docker.compose.service=manager",
-    ]));
-    for (what, list, rm) in [
-        ("manager", manager, vec!["rm", "-f"]),
-        ("containers", String::new(), vec!["rm", "-f", "-v"]),
-        ("volumes", String::new(), vec!["volume", "rm", "-f"]),
-        ("networks", String::new(), vec!["network", "rm"]),
-    ] {
-        let list = match what {
-            "containers" => stdout(&docker(&["ps", "-aq", "--filter", &label])),
-            "volumes" => stdout(&docker(&["volume", "ls", "-q", "--filter", &label])),
-            "networks" => stdout(&docker(&["network", "ls", "-q", "--filter", &label])),
-            _ => list,
-        };
-        if !list.is_empty() {
-            let mut args = rm;
-            args.extend(list.lines());
-            let _ = docker(&args);
-        }
-    }
-}
-
-/// Removes what earlier test runs left behind when they were killed before their `Drop`
-/// (projects `sltest<pid>x<n>` whose process is gone).
-fn sweep_stale_projects() {
-    let mut projects = BTreeSet::new();
-    for kind in [["ps", "-a"], ["volume", "ls"], ["network", "ls"]] {
-        let fmt = format!("{{{{.Label \"{LABEL_PROJECT}\"}}}}");
-        let mut args = kind.to_vec();
-        args.extend(["--filter", "label=io.shardline.project", "--format", &fmt]);
-        projects.extend(stdout(&docker(&args)).lines().map(str::to_string));
-    }
-    for p in projects {
-        let pid = p
-            .strip_prefix("sltest")
-            .and_then(|r| r.split('x').next())
-            .and_then(|pid| pid.parse::<i32>().ok());
-        if let Some(pid) = pid {
-            if !crate::pid_alive(pid) {
-                eprintln!("docker test: removing leftovers of project {p} (pid {pid} is gone)");
-                remove_project(&p);
-            }
-        }
-    }
-}
-
-/// Serializes Docker tests across test processes (flock).
-struct Lock(#[allow(dead_code)] File);
-
-fn lock() -> Lock {
-    let path = std::env::temp_dir().join("shardline-docker-tests.lock");
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    let deadline = Instant::now() + LOCK_TIMEOUT;
-    loop {
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Lock(f);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "another Docker test held {} for {LOCK_TIMEOUT:?}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 /// A compose project of this test run; removed entirely on drop.
 pub struct DockerCluster {
@@ -427,21 +278,7 @@ impl DockerCluster {
         } else {
             format!("{}{path}", self.gateway_url())
         };
-        let mut rb = self.client.request(method, &url);
-        if let Some(b) = body {
-            rb = rb.json(b);
-        }
-        match rb.send().await {
-            Ok(r) => {
-                let status = r.status().as_u16();
-                let text = r.text().await.unwrap_or_default();
-                (
-                    status,
-                    serde_json::from_str(&text).unwrap_or(Value::String(text)),
-                )
-            }
-            Err(e) => (0, Value::String(e.to_string())),
-        }
+        crate::http::send(&self.client, method, &url, body).await
     }
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.request(Method::GET, path, None).await
@@ -611,78 +448,5 @@ impl Drop for DockerCluster {
                 self.project
             );
         }
-    }
-}
-
-// --- workload -----------------------------------------------------------------------------
-
-/// The row written for `key` (so reads can be checked value by value).
-pub fn row(key: u64) -> Value {
-    json!({"Stud_id": key, "Stud_name": format!("n{key}"), "Stud_marks": key % 100})
-}
-
-/// Single-row writes through the gateway, remembering which were acknowledged (200) and
-/// which have an unknown outcome (anything else: they may or may not be applied).
-#[derive(Default)]
-pub struct Writer {
-    next: u64,
-    pub acked: BTreeSet<u64>,
-    pub unknown: BTreeSet<u64>,
-    /// Longest time between two acknowledged writes.
-    pub longest_gap: Duration,
-    last_ack: Option<Instant>,
-}
-
-impl Writer {
-    /// Keys spread over `shards` shards of `shard_size` keys each (the a1 layout: 4 × 4096).
-    pub fn key(&self, n: u64) -> u64 {
-        let shard = n % 4;
-        shard * 4096 + (n / 4) % 4096
-    }
-
-    /// Writes one new row; returns the HTTP status.
-    pub async fn write_one(&mut self, c: &DockerCluster) -> u16 {
-        let key = self.key(self.next);
-        self.next += 1;
-        let (code, _) = c.post("/write", &json!({"data": [row(key)]})).await;
-        if code == 200 {
-            self.acked.insert(key);
-            let now = Instant::now();
-            if let Some(t) = self.last_ack {
-                self.longest_gap = self.longest_gap.max(now - t);
-            }
-            self.last_ack = Some(now);
-        } else {
-            self.unknown.insert(key);
-        }
-        code
-    }
-
-    /// Writes `n` rows, returning how many were acknowledged.
-    pub async fn write_n(&mut self, c: &DockerCluster, n: usize) -> usize {
-        let mut ok = 0;
-        for _ in 0..n {
-            if self.write_one(c).await == 200 {
-                ok += 1;
-            }
-        }
-        ok
-    }
-
-    /// Checks the rows (all shards, from one replica each) against what was written:
-    /// every acknowledged key is there with its value, nothing else but unknown-outcome keys.
-    pub fn check(&self, rows: &BTreeMap<String, Vec<Value>>) {
-        let mut seen = BTreeSet::new();
-        for r in rows.values().flatten() {
-            let key = r["Stud_id"].as_u64().expect("Stud_id");
-            assert_eq!(*r, row(key), "row {key} has a wrong value");
-            assert!(
-                self.acked.contains(&key) || self.unknown.contains(&key),
-                "row {key} was never written (from a deposed primary?)"
-            );
-            seen.insert(key);
-        }
-        let lost: Vec<&u64> = self.acked.difference(&seen).collect();
-        assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
     }
 }

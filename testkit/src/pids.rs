@@ -1,0 +1,56 @@
+//! Signals and `/proc`: pids of processes that are not our children (shard servers, started
+//! by the manager), whether they live, and what their command line says.
+
+use std::fs;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Sends `sig` to `pid`; true if the signal was delivered.
+pub fn signal(pid: i32, sig: i32) -> bool {
+    pid > 0 && unsafe { libc::kill(pid, sig) } == 0
+}
+
+/// True if `pid` exists and is not a zombie.
+pub fn pid_alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Format: "pid (comm) S ..."; comm may contain spaces/parens, so split at the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !matches!(rest.trim_start().chars().next(), Some('Z' | 'X')))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+pub fn cmdline(pid: i32) -> Option<String> {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+}
+
+/// SIGKILLs `pid` (and its process group when it leads one), then waits briefly for it to
+/// disappear. Used for processes that are not our children (shard servers).
+pub fn kill_foreign(pid: i32) {
+    if pid <= 0 || pid == std::process::id() as i32 {
+        return;
+    }
+    if unsafe { libc::getpgid(pid) } == pid {
+        signal(-pid, libc::SIGKILL);
+    }
+    signal(pid, libc::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while pid_alive(pid) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn read_pid_file(path: &Path) -> Option<i32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
