@@ -1,9 +1,15 @@
 //! SVG charts (plotters; SVG text needs no font files).
 
+use std::ops::Range;
 use std::path::Path;
 
 use anyhow::anyhow;
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
 use plotters::prelude::*;
+
+/// Every chart here: f64 on both axes, drawn as SVG.
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
 fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow!("chart: {e}")
@@ -38,8 +44,7 @@ pub fn latency_histogram(path: &Path, title: &str, lat_us: &[u64]) -> anyhow::Re
         }
     }
     let ymax = (*bins.iter().max().unwrap_or(&1) as f64 * 1.1).max(1.0);
-    let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
+    let root = canvas(path)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
             format!(
@@ -80,12 +85,8 @@ pub fn latency_histogram(path: &Path, title: &str, lat_us: &[u64]) -> anyhow::Re
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
         }
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    // plotters' default place for the legend.
+    legend(&mut chart, SeriesLabelPosition::MiddleRight)?;
     root.present().map_err(err)?;
     Ok(())
 }
@@ -101,37 +102,18 @@ pub fn grouped_bars(
     if labels.is_empty() || series.is_empty() {
         return Ok(());
     }
-    let ymax = series
-        .iter()
-        .flat_map(|(_, v)| v.iter().copied())
-        .fold(1.0f64, f64::max)
-        * 1.15;
+    let ymax = y_top(series);
     let n = labels.len();
-    let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(80)
-        .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..ymax)
-        .map_err(err)?;
-    let labels_owned = labels.to_vec();
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(n * 2 + 1)
-        .x_label_formatter(&move |x: &f64| {
-            let i = x.round();
-            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < labels_owned.len() {
-                labels_owned[i as usize].clone()
-            } else {
-                String::new()
-            }
-        })
-        .y_desc(y_desc)
-        .draw()
-        .map_err(err)?;
+    let root = canvas(path)?;
+    let mut chart = category_chart(
+        &root,
+        title,
+        -0.5f64..(n as f64 - 0.5),
+        ymax,
+        labels,
+        None,
+        y_desc,
+    )?;
     let k = series.len() as f64;
     let group = 0.8;
     let bar = group / k;
@@ -152,13 +134,7 @@ pub fn grouped_bars(
             }))
             .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(err)?;
     Ok(())
 }
@@ -175,37 +151,18 @@ pub fn lines(
     if xs.is_empty() || series.is_empty() {
         return Ok(());
     }
-    let ymax = series
-        .iter()
-        .flat_map(|(_, v)| v.iter().copied())
-        .fold(1.0f64, f64::max)
-        * 1.15;
+    let ymax = y_top(series);
     let n = xs.len();
-    let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(80)
-        .build_cartesian_2d(-0.3f64..(n as f64 - 0.7), 0f64..ymax)
-        .map_err(err)?;
-    let xs_owned = xs.to_vec();
-    chart
-        .configure_mesh()
-        .x_labels(n * 2 + 1)
-        .x_label_formatter(&move |x: &f64| {
-            let i = x.round();
-            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < xs_owned.len() {
-                xs_owned[i as usize].clone()
-            } else {
-                String::new()
-            }
-        })
-        .x_desc(x_desc)
-        .y_desc(y_desc)
-        .draw()
-        .map_err(err)?;
+    let root = canvas(path)?;
+    let mut chart = category_chart(
+        &root,
+        title,
+        -0.3f64..(n as f64 - 0.7),
+        ymax,
+        xs,
+        Some(x_desc),
+        y_desc,
+    )?;
     for (si, (name, values)) in series.iter().enumerate() {
         let color = PALETTE[si % PALETTE.len()];
         let pts: Vec<(f64, f64)> = values
@@ -231,13 +188,76 @@ pub fn lines(
             }))
             .map_err(err)?;
     }
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// A 900 x 500 SVG canvas with a white background.
+fn canvas(path: &Path) -> anyhow::Result<DrawingArea<SVGBackend<'_>, Shift>> {
+    let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    Ok(root)
+}
+
+/// The top of the y axis: the largest value, with room for the value labels above it.
+fn y_top(series: &[(String, Vec<f64>)]) -> f64 {
+    series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .fold(1.0f64, f64::max)
+        * 1.15
+}
+
+/// A chart whose categories sit at x = 0, 1, ... and are labelled by `labels`; with an x
+/// description it is a line chart with a vertical grid, without one a bar chart's groups.
+fn category_chart<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    title: &str,
+    x_range: Range<f64>,
+    ymax: f64,
+    labels: &[String],
+    x_desc: Option<&str>,
+    y_desc: &str,
+) -> anyhow::Result<Chart<'a, 'b>> {
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(80)
+        .build_cartesian_2d(x_range, 0f64..ymax)
+        .map_err(err)?;
+    let label = |x: &f64| {
+        let i = x.round();
+        if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < labels.len() {
+            labels[i as usize].clone()
+        } else {
+            String::new()
+        }
+    };
+    let mut mesh = chart.configure_mesh();
+    mesh.x_labels(labels.len() * 2 + 1)
+        .x_label_formatter(&label)
+        .y_desc(y_desc);
+    match x_desc {
+        Some(d) => mesh.x_desc(d),
+        None => mesh.disable_x_mesh(),
+    };
+    mesh.draw().map_err(err)?;
+    Ok(chart)
+}
+
+/// The legend box of the labelled series.
+fn legend<'a, 'b: 'a>(
+    chart: &mut Chart<'a, 'b>,
+    position: SeriesLabelPosition,
+) -> anyhow::Result<()> {
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(position)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
         .map_err(err)?;
-    root.present().map_err(err)?;
     Ok(())
 }

@@ -1,24 +1,28 @@
-//! A fresh local shardline cluster in its own temp dir: nats-server + manager (process
-//! runtime, which spawns the shard servers) + gateway. Everything is stopped on drop, which
-//! also runs on error, panic and Ctrl-C (the future holding the cluster is dropped).
+//! [`BenchCluster`]: a fresh local shardline cluster for one measurement, in its own temp dir:
+//! nats-server + manager (process runtime, which spawns the shard servers) + gateway, from
+//! the binaries of `--bin-dir` (release ones by default).
+//!
+//! Processes are started and watched with testkit's process handling (`PR_SET_PDEATHSIG`,
+//! logs, the `LISTENING` line, pid files); what is the bench's own is the binaries' place,
+//! durable mode, the temp dir it may keep, and the pids it samples CPU and peak RSS of.
+//! Everything is stopped on drop, which also runs on error, panic and Ctrl-C (the future
+//! holding the cluster is dropped).
 
-use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::{anyhow, bail, Context as _};
 use serde_json::Value;
+use testkit::pids::{cmdline_contains, kill_foreign, shard_server_pids};
+use testkit::{Nats, NatsOptions, Proc};
 
-use crate::procstat;
+/// How long a component may take to print its `LISTENING` line.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the binaries are and how to run them.
 #[derive(Clone, Debug)]
-pub struct ClusterOpts {
+pub struct BenchOpts {
     pub bin_dir: PathBuf,
     pub nats_bin: PathBuf,
     pub durable_conf: Option<PathBuf>,
@@ -26,86 +30,19 @@ pub struct ClusterOpts {
     pub keep_dirs: bool,
 }
 
-pub struct Cluster {
+pub struct BenchCluster {
     pub dir: PathBuf,
     pub nats_url: String,
     pub gateway_url: String,
-    nats: Option<Child>,
-    manager: Option<Child>,
-    gateway: Option<Child>,
+    nats: Option<Nats>,
+    manager: Option<Proc>,
+    gateway: Option<Proc>,
     keep: bool,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Makes a child die with us if we are killed outright: SIGTERM for the manager (so it
-/// stops its shard servers), SIGKILL for the others.
-fn set_pdeathsig(cmd: &mut Command, sig: libc::c_int) {
-    // SAFETY: prctl is async-signal-safe; called between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0);
-            Ok(())
-        });
-    }
-}
-
-/// Spawns `cmd` with stdout piped and waits for its `LISTENING <addr>` line; the rest of
-/// stdout is drained by a thread. stderr goes to `log`.
-fn spawn_listening(mut cmd: Command, log: &Path, what: &str) -> anyhow::Result<(Child, String)> {
-    let logf = std::fs::File::create(log)?;
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(logf));
-    let mut child = cmd.spawn().with_context(|| format!("starting {what}"))?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(addr) = line.strip_prefix("LISTENING ") {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-            }
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(addr) => Ok((child, addr)),
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "{what} did not print LISTENING within 30 s (log: {})",
-                log.display()
-            )
-        }
-    }
-}
-
-fn signal_and_wait(child: &mut Child, sig: libc::c_int, wait: Duration) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
-    let until = Instant::now() + wait;
-    while Instant::now() < until {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-impl Cluster {
+impl BenchCluster {
     /// Starts nats-server, manager and gateway (no /init yet).
-    pub fn start(opts: &ClusterOpts, tag: &str) -> anyhow::Result<Cluster> {
+    pub async fn start(opts: &BenchOpts, tag: &str) -> anyhow::Result<BenchCluster> {
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "shardline-bench-{}-{tag}-{}",
@@ -113,9 +50,8 @@ impl Cluster {
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("nats"))?;
         std::fs::create_dir_all(dir.join("servers"))?;
-        let mut c = Cluster {
+        let mut c = BenchCluster {
             dir: dir.clone(),
             nats_url: String::new(),
             gateway_url: String::new(),
@@ -127,63 +63,70 @@ impl Cluster {
 
         // nats-server: a free port, JetStream store in the temp dir. Command-line flags
         // override the config file's port/host.
-        let port = free_port()?;
-        let mut cmd = Command::new(&opts.nats_bin);
-        if let Some(conf) = &opts.durable_conf {
-            cmd.arg("-c").arg(conf);
-        }
-        cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.join("nats"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(dir.join("nats.log"))?));
-        set_pdeathsig(&mut cmd, libc::SIGKILL);
-        c.nats = Some(
-            cmd.spawn()
-                .with_context(|| format!("starting {}", opts.nats_bin.display()))?,
-        );
-        let until = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > until {
-                bail!(
-                    "nats-server did not listen on {port} (log: {}/nats.log)",
-                    dir.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        c.nats_url = format!("nats://127.0.0.1:{port}");
+        let nats = Nats::try_start(NatsOptions {
+            bin: Some(opts.nats_bin.clone()),
+            extra_args: opts
+                .durable_conf
+                .iter()
+                .flat_map(|conf| ["-c".to_owned(), conf.display().to_string()])
+                .collect(),
+            auth: None,
+            dir: Some(dir.clone()),
+        })
+        .await
+        .map_err(|e| anyhow!("nats-server did not start: {e}"))?;
+        c.nats_url = nats.url();
+        c.nats = Some(nats);
 
-        let mut cmd = Command::new(opts.bin_dir.join("manager"));
-        cmd.args([
-            "--listen",
-            "127.0.0.1:0",
-            "--nats-url",
-            &c.nats_url,
-            "--data-dir",
-        ])
-        .arg(dir.join("servers"));
+        let mut args = vec![
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--nats-url".to_owned(),
+            c.nats_url.clone(),
+            "--data-dir".to_owned(),
+            dir.join("servers").display().to_string(),
+        ];
         if opts.sqlite_full {
-            cmd.args(["--sqlite-sync", "full"]);
+            args.extend(["--sqlite-sync".to_owned(), "full".to_owned()]);
         }
-        set_pdeathsig(&mut cmd, libc::SIGTERM);
-        let (child, maddr) = spawn_listening(cmd, &dir.join("manager.log"), "manager")?;
-        c.manager = Some(child);
+        // SIGTERM if we are killed outright, so that the manager stops its shard servers.
+        let (manager, maddr) = c.spawn(opts, "manager", args, libc::SIGTERM).await?;
+        c.manager = Some(manager);
 
-        let mut cmd = Command::new(opts.bin_dir.join("gateway"));
-        cmd.args([
-            "--listen",
-            "127.0.0.1:0",
-            "--nats-url",
-            &c.nats_url,
-            "--manager-url",
-            &format!("http://{maddr}"),
-        ]);
-        set_pdeathsig(&mut cmd, libc::SIGKILL);
-        let (child, gaddr) = spawn_listening(cmd, &dir.join("gateway.log"), "gateway")?;
-        c.gateway = Some(child);
+        let args = vec![
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--nats-url".to_owned(),
+            c.nats_url.clone(),
+            "--manager-url".to_owned(),
+            format!("http://{maddr}"),
+        ];
+        let (gateway, gaddr) = c.spawn(opts, "gateway", args, libc::SIGKILL).await?;
+        c.gateway = Some(gateway);
         c.gateway_url = format!("http://{gaddr}");
         Ok(c)
+    }
+
+    /// Starts `<bin_dir>/<name>`, logging to `<dir>/<name>.log`, and waits for its
+    /// `LISTENING <addr>` line.
+    async fn spawn(
+        &self,
+        opts: &BenchOpts,
+        name: &str,
+        args: Vec<String>,
+        death_signal: i32,
+    ) -> anyhow::Result<(Proc, String)> {
+        let mut p = Proc::builder(name, opts.bin_dir.join(name))
+            .args(args)
+            .log_dir(&self.dir)
+            .death_signal(death_signal)
+            .try_spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let addr = p
+            .try_listening(LISTEN_TIMEOUT)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        Ok((p, addr))
     }
 
     /// POST /init and wait for /readyz.
@@ -221,40 +164,22 @@ impl Cluster {
         }
     }
 
-    /// Shard-server pids from `<dir>/servers/<name>/server.pid`.
-    pub fn server_pids(&self) -> Vec<(String, u32)> {
-        let mut out = Vec::new();
-        let Ok(rd) = std::fs::read_dir(self.dir.join("servers")) else {
-            return out;
-        };
-        for e in rd.flatten() {
-            let Ok(text) = std::fs::read_to_string(e.path().join("server.pid")) else {
-                continue;
-            };
-            let Ok(pid) = text.trim().parse::<u32>() else {
-                continue;
-            };
-            if procstat::pid_matches(pid, Path::new("shard-server")) {
-                out.push((e.file_name().to_string_lossy().into_owned(), pid));
-            }
-        }
-        out.sort();
-        out
-    }
-
-    /// Every component: (name, pid).
+    /// Every component: (name, pid), shard servers by their pid files.
     pub fn component_pids(&self) -> Vec<(String, u32)> {
-        let mut out = Vec::new();
-        for (name, child) in [
-            ("nats-server", &self.nats),
-            ("manager", &self.manager),
-            ("gateway", &self.gateway),
-        ] {
-            if let Some(c) = child {
-                out.push((name.to_owned(), c.id()));
-            }
-        }
-        out.extend(self.server_pids());
+        let nats = self.nats.as_ref().and_then(Nats::proc);
+        let mut out: Vec<(String, u32)> = [
+            ("nats-server", nats),
+            ("manager", self.manager.as_ref()),
+            ("gateway", self.gateway.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(name, p)| Some((name.to_owned(), p?.pid() as u32)))
+        .collect();
+        out.extend(
+            shard_server_pids(&self.dir.join("servers"))
+                .into_iter()
+                .map(|(name, pid)| (name, pid as u32)),
+        );
         out
     }
 
@@ -262,27 +187,24 @@ impl Cluster {
     /// server still alive (by pid file), nats-server. Idempotent.
     pub fn stop(&mut self) {
         if let Some(mut g) = self.gateway.take() {
-            signal_and_wait(&mut g, libc::SIGTERM, Duration::from_secs(3));
+            g.term_within(Duration::from_secs(3));
         }
-        let servers = self.server_pids();
+        let servers = shard_server_pids(&self.dir.join("servers"));
         if let Some(mut m) = self.manager.take() {
-            signal_and_wait(&mut m, libc::SIGTERM, Duration::from_secs(10));
+            m.term_within(Duration::from_secs(10));
         }
+        let dir = self.dir.display().to_string();
         for (_, pid) in servers {
-            if procstat::pid_matches(pid, &self.dir)
-                || procstat::pid_matches(pid, Path::new("shard-server"))
-            {
-                // SAFETY: kill(2) on a pid whose command line we just checked.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            // Checked again: the pid may have been reused since the manager stopped.
+            if cmdline_contains(pid, "shard-server") || cmdline_contains(pid, &dir) {
+                kill_foreign(pid);
             }
         }
         if let Some(mut n) = self.nats.take() {
-            signal_and_wait(&mut n, libc::SIGTERM, Duration::from_secs(5));
+            n.stop();
         }
     }
-}
 
-impl Cluster {
     /// Stops everything and removes the temp dir (unless asked to keep it).
     pub fn finish(mut self) {
         self.stop();
@@ -294,7 +216,7 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
+impl Drop for BenchCluster {
     /// Runs on error, panic and Ctrl-C too: stop everything, keep the logs.
     fn drop(&mut self) {
         self.stop();

@@ -1,7 +1,5 @@
 //! CPU time and peak RSS of processes, from `/proc` (Linux only).
 
-use std::path::Path;
-
 /// Clock ticks per second for `/proc/<pid>/stat` times.
 fn ticks_per_sec() -> f64 {
     // SAFETY: sysconf has no preconditions.
@@ -50,13 +48,4 @@ pub fn self_cpu_seconds() -> f64 {
 /// This process's peak RSS in MiB.
 pub fn self_peak_rss_mib() -> f64 {
     peak_rss_mib(std::process::id()).unwrap_or(0.0)
-}
-
-/// Is `pid` alive and is its command line mentioning `needle`? (guards against pid reuse)
-pub fn pid_matches(pid: u32, needle: &Path) -> bool {
-    let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let needle = needle.to_string_lossy();
-    String::from_utf8_lossy(&cmd).contains(needle.as_ref())
 }

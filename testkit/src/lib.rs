@@ -63,7 +63,7 @@ pub use reqwest::Method;
 pub use serde_json::{json, Value};
 
 pub use crate::cluster::{ClusterOptions, LocalCluster};
-pub use crate::nats::{Nats, NatsCreds};
+pub use crate::nats::{Nats, NatsCreds, NatsOptions};
 pub use crate::paths::{bin, free_port, nats_server_bin, workload, workspace_root};
 pub use crate::pids::{pid_alive, signal};
 pub use crate::process::{Proc, ProcBuilder};

@@ -80,6 +80,21 @@ impl NatsCreds {
     }
 }
 
+/// How to start a [`Nats`] ([`Nats::try_start`]); every field has a default.
+#[derive(Clone, Debug, Default)]
+pub struct NatsOptions {
+    /// The nats-server binary; default [`nats_server_bin`].
+    pub bin: Option<PathBuf>,
+    /// Extra nats-server arguments (e.g. `-c <config>`); `-a`, `-p`, `-sd` and `-js` are
+    /// always given too and win over a config file.
+    pub extra_args: Vec<String>,
+    /// Credentials every client must present.
+    pub auth: Option<NatsCreds>,
+    /// The JetStream store in `<dir>/nats` and the log in `<dir>/nats-server.log`, left in
+    /// place on drop; default: temp dirs removed on drop (kept when a test panics).
+    pub dir: Option<PathBuf>,
+}
+
 /// A private single-node nats-server with JetStream on a free loopback port and a temp
 /// store dir, optionally requiring credentials. Killed on drop.
 pub struct Nats {
@@ -116,35 +131,59 @@ impl Nats {
 
     /// Extra nats-server arguments and optional credentials.
     pub async fn start_with(extra_args: &[&str], auth: Option<NatsCreds>) -> Nats {
-        let store = tempfile::Builder::new()
-            .prefix("shardline-nats-store-")
-            .tempdir()
-            .expect("create nats store dir");
-        let logs = tempfile::Builder::new()
-            .prefix("shardline-nats-log-")
-            .tempdir()
-            .expect("create nats log dir");
+        let opts = NatsOptions {
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            auth,
+            ..NatsOptions::default()
+        };
+        Self::try_start(opts)
+            .await
+            .unwrap_or_else(|e| panic!("nats-server did not start: {e}"))
+    }
+
+    /// Starts a nats-server as `opts` say and waits until JetStream answers, or says why it
+    /// did not start.
+    pub async fn try_start(opts: NatsOptions) -> Result<Nats, String> {
+        let temp = |prefix: &str| {
+            tempfile::Builder::new()
+                .prefix(prefix)
+                .tempdir()
+                .map_err(|e| format!("cannot create a temp dir: {e}"))
+        };
+        let (store, store_path, logs, logs_path) = match &opts.dir {
+            Some(dir) => {
+                let store = dir.join("nats");
+                std::fs::create_dir_all(&store)
+                    .map_err(|e| format!("cannot create {}: {e}", store.display()))?;
+                (None, store, None, dir.clone())
+            }
+            None => {
+                let (store, logs) = (temp("shardline-nats-store-")?, temp("shardline-nats-log-")?);
+                let (sp, lp) = (store.path().to_path_buf(), logs.path().to_path_buf());
+                (Some(store), sp, Some(logs), lp)
+            }
+        };
         let mut nats = Nats {
             proc: None,
             port: 0,
-            bin: nats_server_bin(),
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            auth,
-            store_path: store.path().to_path_buf(),
-            store: Some(store),
-            logs_path: logs.path().to_path_buf(),
-            logs: Some(logs),
+            bin: opts.bin.unwrap_or_else(nats_server_bin),
+            extra_args: opts.extra_args,
+            auth: opts.auth,
+            store,
+            store_path,
+            logs,
+            logs_path,
         };
         // A port picked by free_port() can be taken by a parallel test before nats binds it.
-        for attempt in 1..=5 {
+        let mut attempt = 1;
+        loop {
             nats.port = free_port();
             match nats.launch(Duration::from_secs(30)).await {
-                Ok(()) => return nats,
-                Err(e) if attempt < 5 && e.contains("address already in use") => continue,
-                Err(e) => panic!("nats-server did not start: {e}"),
+                Ok(()) => return Ok(nats),
+                Err(e) if attempt < 5 && e.contains("address already in use") => attempt += 1,
+                Err(e) => return Err(e),
             }
         }
-        unreachable!()
     }
 
     async fn launch(&mut self, timeout: Duration) -> Result<(), String> {
@@ -160,7 +199,8 @@ impl Nats {
         let mut proc = Proc::builder("nats-server", &self.bin)
             .args(args)
             .log_dir(&self.logs_path)
-            .spawn();
+            .try_spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.bin.display()))?;
         let url = self.url();
         let deadline = Instant::now() + timeout;
         loop {

@@ -56,14 +56,34 @@ pub fn bin(name: &str) -> PathBuf {
             .unwrap_or_else(|| workspace_root().join("target"))
             .join("debug")
     });
+    bin_in(&dir, name).unwrap_or_else(|e| {
+        panic!("{e}: run `cargo build --workspace` first (or set SHARDLINE_BIN_DIR)")
+    })
+}
+
+/// `<dir>/<name>` if that binary exists, else what is missing.
+pub fn bin_in(dir: &Path, name: &str) -> Result<PathBuf, String> {
     let p = dir.join(name);
-    assert!(
-        p.is_file(),
-        "binary `{name}` not found at {}: run `cargo build --workspace` first \
-         (or set SHARDLINE_BIN_DIR)",
-        p.display()
-    );
-    p
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(format!("binary `{name}` not found at {}", p.display()))
+    }
+}
+
+/// A path given on a command line: as it is when absolute or present in the current
+/// directory, else relative to the workspace (so defaults such as `target/release` work
+/// from any directory).
+pub fn resolve(p: &Path) -> PathBuf {
+    if p.is_absolute() || p.exists() {
+        return p.to_path_buf();
+    }
+    let ws = workspace_root().join(p);
+    if ws.exists() {
+        ws
+    } else {
+        p.to_path_buf()
+    }
 }
 
 /// `<workspace>/workloads/<name>.init.json`, parsed (e.g. `workload("a1")`).

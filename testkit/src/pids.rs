@@ -54,3 +54,42 @@ pub fn tail(path: &Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// True if `pid` is alive and its command line contains `needle` (guards against signalling
+/// a pid the system has reused for something else).
+pub fn cmdline_contains(pid: i32, needle: &str) -> bool {
+    cmdline(pid).is_some_and(|c| c.contains(needle))
+}
+
+/// The shard servers of a manager run with `--data-dir <servers_dir>`: `(name, pid)` from
+/// each `<servers_dir>/<name>/server.pid`, sorted by name, keeping only pids whose command
+/// line still names a shard-server or `servers_dir`.
+pub fn shard_server_pids(servers_dir: &Path) -> Vec<(String, i32)> {
+    let dir = servers_dir.display().to_string();
+    let mut out: Vec<(String, i32)> = fs::read_dir(servers_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid = read_pid_file(&e.path().join("server.pid"))?;
+            let name = e.file_name().into_string().ok()?;
+            let ours = cmdline(pid).is_some_and(|c| c.contains("shard-server") || c.contains(&dir));
+            ours.then_some((name, pid))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every live process but this one whose command line contains `needle` (e.g. a data dir:
+/// a shard server whose pid file is not written yet).
+pub fn pids_naming(needle: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me && cmdline_contains(pid, needle))
+        .collect()
+}

@@ -22,7 +22,7 @@ type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
 /// Spawns every child from one long-lived thread: `PR_SET_PDEATHSIG` fires when the
 /// *thread* that forked the child exits, so spawning from a tokio blocking-pool thread
 /// (which exits when idle) would kill the child at a random moment.
-fn spawn_child(mut cmd: Command) -> io::Result<Child> {
+fn spawn_child(mut cmd: Command, death_signal: i32) -> io::Result<Child> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
     let tx = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnRequest>();
@@ -37,8 +37,8 @@ fn spawn_child(mut cmd: Command) -> io::Result<Child> {
         Mutex::new(tx)
     });
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong) != 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
@@ -48,8 +48,10 @@ fn spawn_child(mut cmd: Command) -> io::Result<Child> {
     tx.lock()
         .unwrap_or_else(|e| e.into_inner())
         .send((cmd, reply_tx))
-        .expect("testkit spawner thread is gone");
-    reply_rx.recv().expect("testkit spawner thread is gone")
+        .map_err(|_| io::Error::other("testkit spawner thread is gone"))?;
+    reply_rx
+        .recv()
+        .map_err(|_| io::Error::other("testkit spawner thread is gone"))?
 }
 
 #[derive(Default)]
@@ -65,6 +67,7 @@ pub struct ProcBuilder {
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
     log_dir: Option<PathBuf>,
+    death_signal: i32,
 }
 
 impl ProcBuilder {
@@ -101,29 +104,42 @@ impl ProcBuilder {
         self
     }
 
+    /// The signal the process gets when the test (or bench) process dies: `SIGKILL` unless
+    /// set, e.g. `SIGTERM` for a manager so that it stops its shard servers first.
+    pub fn death_signal(mut self, sig: i32) -> Self {
+        self.death_signal = sig;
+        self
+    }
+
     /// Starts the process. Panics if it cannot be started.
     pub fn spawn(self) -> Proc {
+        let program = self.program.clone();
+        self.try_spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()))
+    }
+
+    /// Starts the process, or says why it could not be started.
+    pub fn try_spawn(self) -> io::Result<Proc> {
         let (own_dir, dir) = match self.log_dir {
             Some(d) => (None, d),
             None => {
                 let t = tempfile::Builder::new()
                     .prefix(&format!("shardline-{}-", self.name))
-                    .tempdir()
-                    .expect("create log temp dir");
+                    .tempdir()?;
                 let p = t.path().to_path_buf();
                 (Some(t), p)
             }
         };
-        fs::create_dir_all(&dir).expect("create log dir");
+        fs::create_dir_all(&dir)?;
         let log_path = dir.join(format!("{}.log", self.name));
         let open_log = || {
             OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&log_path)
-                .unwrap_or_else(|e| panic!("open {}: {e}", log_path.display()))
+                .map_err(|e| io::Error::new(e.kind(), format!("open {}: {e}", log_path.display())))
         };
-        let mut header = open_log();
+        let mut header = open_log()?;
         let _ = writeln!(
             header,
             "=== testkit: starting {} {:?}",
@@ -137,17 +153,16 @@ impl ProcBuilder {
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(open_log()));
-        let mut child = spawn_child(cmd)
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.program.display()));
+            .stderr(Stdio::from(open_log()?));
+        let mut child = spawn_child(cmd, self.death_signal)?;
         let pid = child.id() as i32;
 
         // Read stdout (for the LISTENING line) and copy it into the log too.
         let stdout = Arc::new(Stdout::default());
         let pipe = child.stdout.take().expect("piped stdout");
         let state = Arc::clone(&stdout);
-        let mut log = open_log();
-        thread::Builder::new()
+        let mut log = open_log()?;
+        let reader = thread::Builder::new()
             .name(format!("testkit-stdout-{}", self.name))
             .spawn(move || {
                 for line in BufReader::new(pipe).lines() {
@@ -160,10 +175,14 @@ impl ProcBuilder {
                         .push(line);
                 }
                 state.closed.store(true, Ordering::SeqCst);
-            })
-            .expect("start stdout reader thread");
+            });
+        if let Err(e) = reader {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
 
-        Proc {
+        Ok(Proc {
             name: self.name,
             child,
             pid,
@@ -171,7 +190,7 @@ impl ProcBuilder {
             log_path,
             own_log_dir: own_dir,
             stdout,
-        }
+        })
     }
 }
 
@@ -196,6 +215,7 @@ impl Proc {
             args: Vec::new(),
             envs: Vec::new(),
             log_dir: None,
+            death_signal: libc::SIGKILL,
         }
     }
 
@@ -234,6 +254,13 @@ impl Proc {
     /// Waits for the `LISTENING <host:port>` line and returns `host:port`. Panics (with the
     /// log's tail) if the process exits first or `timeout` passes.
     pub async fn listening(&mut self, timeout: Duration) -> String {
+        self.try_listening(timeout)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`Proc::listening`], but the failure (with the log's tail) is returned.
+    pub async fn try_listening(&mut self, timeout: Duration) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
         loop {
             let found = self
@@ -241,22 +268,22 @@ impl Proc {
                 .iter()
                 .find_map(|l| l.strip_prefix("LISTENING ").map(|a| a.trim().to_string()));
             if let Some(addr) = found {
-                return addr;
+                return Ok(addr);
             }
             if !self.is_running() || self.stdout.closed.load(Ordering::SeqCst) {
-                panic!(
+                return Err(format!(
                     "{} exited before printing `LISTENING <addr>` ({:?})\n{}",
                     self.name,
                     self.status,
                     self.report()
-                );
+                ));
             }
             if Instant::now() >= deadline {
-                panic!(
+                return Err(format!(
                     "{} printed no `LISTENING <addr>` within {timeout:?}\n{}",
                     self.name,
                     self.report()
-                );
+                ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -308,11 +335,19 @@ impl Proc {
     /// SIGTERM (plus SIGCONT in case it is stopped) and wait up to 10 s for it to exit, then
     /// SIGKILL. Returns the exit status.
     pub fn term(&mut self) -> Option<ExitStatus> {
+        self.term_within(Duration::from_secs(10))
+    }
+
+    /// As [`Proc::term`], waiting up to `grace` before the SIGKILL.
+    pub fn term_within(&mut self, grace: Duration) -> Option<ExitStatus> {
         if self.is_running() {
             signal(self.pid, libc::SIGTERM);
             signal(self.pid, libc::SIGCONT);
-            if self.wait_exit(Duration::from_secs(10)).is_none() {
-                eprintln!("testkit: {} ignored SIGTERM for 10s; killing", self.name);
+            if self.wait_exit(grace).is_none() {
+                eprintln!(
+                    "testkit: {} ignored SIGTERM for {grace:?}; killing",
+                    self.name
+                );
                 self.kill();
             }
         }

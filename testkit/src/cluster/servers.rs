@@ -4,7 +4,7 @@
 use std::fs;
 
 use super::LocalCluster;
-use crate::pids::{cmdline, pid_alive, read_pid_file, signal};
+use crate::pids::{pid_alive, pids_naming, read_pid_file, shard_server_pids, signal};
 
 impl LocalCluster {
     /// The pid in `<data_dir>/servers/<name>/server.pid`, if that file exists.
@@ -59,28 +59,11 @@ impl LocalCluster {
     /// files (when their command line is a shard-server), plus any process whose command
     /// line names this cluster's data dir (a server whose pid file is not written yet).
     pub(super) fn server_pids(&self) -> Vec<i32> {
-        let root = self.root_path.display().to_string();
-        let me = std::process::id() as i32;
-        let mut pids: Vec<i32> = Vec::new();
-        for name in self.server_names() {
-            if let Some(pid) = self.server_pid(&name) {
-                if cmdline(pid).is_some_and(|c| c.contains("shard-server") || c.contains(&root)) {
-                    pids.push(pid);
-                }
-            }
-        }
-        for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            if pid != me && cmdline(pid).is_some_and(|c| c.contains(&root)) {
-                pids.push(pid);
-            }
-        }
+        let mut pids: Vec<i32> = shard_server_pids(&self.servers_dir())
+            .into_iter()
+            .map(|(_, pid)| pid)
+            .chain(pids_naming(&self.data_dir().display().to_string()))
+            .collect();
         pids.sort_unstable();
         pids.dedup();
         pids
