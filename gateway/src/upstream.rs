@@ -218,7 +218,7 @@ pub async fn to_primary(
 }
 
 fn unknown_outcome(shard: &str, server: &ServerName, e: &str) -> ApiError {
-    ApiError::Unavailable(format!(
+    ApiError::OutcomeUnknown(format!(
         "shard {shard}: primary {server} did not answer ({e}); the request may or may not have been applied"
     ))
 }

@@ -140,12 +140,8 @@ impl Replica {
             // guards against a lost reply.
             Ok(()) => match tokio::time::timeout(self.commit_timeout * 2, rx).await {
                 Ok(Ok(r)) => r,
-                Ok(Err(_)) => {
-                    Err(self.unavailable("the replica stopped while the write was pending".into()))
-                }
-                Err(_) => {
-                    Err(self.unavailable("the write's outcome is unknown (timed out)".into()))
-                }
+                Ok(Err(_)) => Err(self.unknown("the replica stopped while the write was pending")),
+                Err(_) => Err(self.unknown("the write's outcome is unknown (timed out)")),
             },
         };
         let outcome = match &result {
@@ -158,6 +154,16 @@ impl Replica {
 
     fn unavailable(&self, what: String) -> ApiError {
         ApiError::Unavailable(format!("shard {}: {what}", self.shard))
+    }
+
+    /// The write may have been applied (it was appended, or may have been).
+    fn unknown(&self, what: &str) -> ApiError {
+        ApiError::OutcomeUnknown(format!("shard {}: {what}", self.shard))
+    }
+
+    /// The append's outcome is unknown: JetStream may have stored the entry.
+    fn log_unavailable(&self, what: String) -> ApiError {
+        ApiError::LogUnavailable(format!("shard {}: {what}", self.shard))
     }
 
     /// Group commit: takes every request queued since the last append, appends them as one
@@ -321,11 +327,13 @@ impl Replica {
             .js
             .send_publish(wal::subject(&self.shard), publish)
             .await
-            .map_err(|e| self.unavailable(format!("the WAL is unreachable: {e}")))?;
+            .map_err(|e| self.log_unavailable(format!("the WAL is unreachable: {e}")))?;
         let ack = tokio::time::timeout_at(deadline.into(), ack)
             .await
-            .map_err(|_| self.unavailable("the WAL did not acknowledge the append in time".into()))?
-            .map_err(|e| self.unavailable(format!("the WAL rejected the append: {e}")))?;
+            .map_err(|_| {
+                self.log_unavailable("the WAL did not acknowledge the append in time".into())
+            })?
+            .map_err(|e| self.log_unavailable(format!("the WAL rejected the append: {e}")))?;
         Ok(Seq(ack.sequence))
     }
 
@@ -339,16 +347,15 @@ impl Replica {
         let (_, outcome) = tokio::time::timeout_at(deadline.into(), rx)
             .await
             .map_err(|_| {
-                self.unavailable(format!(
+                self.unknown(&format!(
                     "entry {seq} was appended but not applied in time; its outcome is unknown"
                 ))
             })?
-            .map_err(|_| {
-                self.unavailable("the replica stopped while the write was pending".into())
-            })?;
+            .map_err(|_| self.unknown("the replica stopped while the write was pending"))?;
         if let Outcome::StaleTerm { entry, current } = outcome {
-            return Err(self.unavailable(format!(
-                "this primary was deposed (entry of term {entry} skipped, the log is at term {current}); retry"
+            return Err(ApiError::Deposed(format!(
+                "shard {}: this primary was deposed (entry of term {entry} skipped, the log is at term {current}); retry",
+                self.shard
             )));
         }
         self.wait_for_majority(seq, deadline).await?;
@@ -368,7 +375,7 @@ impl Replica {
                 .await
                 .is_err()
             {
-                return Err(ApiError::Unavailable(format!(
+                return Err(ApiError::NoQuorum(format!(
                     "shard {}: no quorum: entry {seq} applied by {have} of the {need} replicas required",
                     self.shard
                 )));
