@@ -232,6 +232,87 @@ pub async fn perform(
     }
 }
 
+/// One client of a [`Workload`]: what it needs to send requests and to report them.
+struct Client {
+    id: usize,
+    http: reqwest::Client,
+    base: String,
+    cfg: WorkloadConfig,
+    started: Instant,
+    deadline: Instant,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicUsize>,
+    acked: Arc<AtomicUsize>,
+    log: Arc<Mutex<Vec<OpRecord>>>,
+}
+
+impl Client {
+    fn running(&self) -> bool {
+        !self.stop.load(Ordering::SeqCst) && Instant::now() < self.deadline
+    }
+
+    /// Performs one operation, records it, then pauses.
+    async fn op(&self, key: i64, kind: OpKind, value: Option<RowValue>) -> Outcome {
+        let (http, base, c) = (&self.http, &self.base, self.id);
+        let op = perform(http, base, c, key, kind, value, self.started).await;
+        self.done.fetch_add(1, Ordering::SeqCst);
+        if op.outcome == Outcome::Acked {
+            self.acked.fetch_add(1, Ordering::SeqCst);
+        }
+        let outcome = op.outcome;
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).push(op);
+        tokio::time::sleep(self.cfg.pause).await;
+        outcome
+    }
+
+    /// Inserts `mine` one by one; after every `update_every`-th (`delete_every`-th) insert,
+    /// updates (deletes) one of its keys whose state is certain.
+    async fn run(self, mine: Vec<i64>) {
+        let c = self.id;
+        // Every `every`-th insert (0: never).
+        let due = |every: usize, i: usize| every > 0 && i % every == every - 1;
+        // Keys whose state is certain and present: (key, next version).
+        let mut live: Vec<(i64, i64)> = Vec::new();
+        for (i, &key) in mine.iter().enumerate() {
+            if !self.running() {
+                break;
+            }
+            let v = (format!("c{c}-k{key}-v0"), key % 100);
+            if self.op(key, OpKind::Insert, Some(v)).await == Outcome::Acked {
+                live.push((key, 1));
+            }
+            if due(self.cfg.update_every, i) {
+                if !self.running() {
+                    break;
+                }
+                if !live.is_empty() {
+                    let idx = (i * 7) % live.len();
+                    let (k, ver) = live[idx];
+                    let v = (format!("c{c}-k{k}-v{ver}"), 100 + ver);
+                    match self.op(k, OpKind::Update, Some(v)).await {
+                        // Rejected: a fresh value next time all the same.
+                        Outcome::Acked | Outcome::Rejected => live[idx].1 += 1,
+                        Outcome::Unknown => {
+                            live.swap_remove(idx);
+                        }
+                    }
+                }
+            }
+            if due(self.cfg.delete_every, i) {
+                if !self.running() {
+                    break;
+                }
+                if !live.is_empty() {
+                    let idx = (i * 13) % live.len();
+                    if self.op(live[idx].0, OpKind::Delete, None).await != Outcome::Rejected {
+                        live.swap_remove(idx);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A running writer; see the module docs.
 pub struct Workload {
     stop: Arc<AtomicBool>,
@@ -270,76 +351,19 @@ impl Workload {
                     .skip(c)
                     .step_by(config.clients)
                     .collect();
-                let (http, base, cfg) = (http.clone(), base.to_string(), config.clone());
-                let (stop, done, acked, log) =
-                    (stop.clone(), done.clone(), acked.clone(), log.clone());
-                tokio::spawn(async move {
-                    let running = || !stop.load(Ordering::SeqCst) && Instant::now() < deadline;
-                    let record = |op: OpRecord| {
-                        done.fetch_add(1, Ordering::SeqCst);
-                        if op.outcome == Outcome::Acked {
-                            acked.fetch_add(1, Ordering::SeqCst);
-                        }
-                        log.lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(op.clone());
-                        op
-                    };
-                    // Keys whose state is certain and present: (key, next version).
-                    let mut live: Vec<(i64, i64)> = Vec::new();
-                    for (i, &key) in mine.iter().enumerate() {
-                        if !running() {
-                            break;
-                        }
-                        let v = (format!("c{c}-k{key}-v0"), key % 100);
-                        let op = record(
-                            perform(&http, &base, c, key, OpKind::Insert, Some(v), started).await,
-                        );
-                        if op.outcome == Outcome::Acked {
-                            live.push((key, 1));
-                        }
-                        tokio::time::sleep(cfg.pause).await;
-                        if cfg.update_every > 0 && i % cfg.update_every == cfg.update_every - 1 {
-                            if !running() {
-                                break;
-                            }
-                            if !live.is_empty() {
-                                let idx = (i * 7) % live.len();
-                                let (k, ver) = live[idx];
-                                let v = (format!("c{c}-k{k}-v{ver}"), 100 + ver);
-                                let op = record(
-                                    perform(&http, &base, c, k, OpKind::Update, Some(v), started)
-                                        .await,
-                                );
-                                match op.outcome {
-                                    Outcome::Acked => live[idx].1 += 1,
-                                    Outcome::Rejected => live[idx].1 += 1, // fresh value next time
-                                    Outcome::Unknown => {
-                                        live.swap_remove(idx);
-                                    }
-                                }
-                                tokio::time::sleep(cfg.pause).await;
-                            }
-                        }
-                        if cfg.delete_every > 0 && i % cfg.delete_every == cfg.delete_every - 1 {
-                            if !running() {
-                                break;
-                            }
-                            if !live.is_empty() {
-                                let idx = (i * 13) % live.len();
-                                let (k, _) = live[idx];
-                                let op = record(
-                                    perform(&http, &base, c, k, OpKind::Delete, None, started)
-                                        .await,
-                                );
-                                if op.outcome != Outcome::Rejected {
-                                    live.swap_remove(idx);
-                                }
-                                tokio::time::sleep(cfg.pause).await;
-                            }
-                        }
-                    }
-                })
+                let client = Client {
+                    id: c,
+                    http: http.clone(),
+                    base: base.to_string(),
+                    cfg: config.clone(),
+                    started,
+                    deadline,
+                    stop: stop.clone(),
+                    done: done.clone(),
+                    acked: acked.clone(),
+                    log: log.clone(),
+                };
+                tokio::spawn(client.run(mine))
             })
             .collect();
         Workload {
