@@ -1,7 +1,7 @@
 //! The proposer: a primary's group commit. Client requests queued by [`Replica::propose`] are
 //! taken together ([`form_group`]), the ones that applying would reject are answered without
 //! touching the log, the rest are appended as one WAL entry (split in halves while it does not
-//! fit a NATS message, [`split_to_fit`]), and each request is answered with its own outcome
+//! fit a NATS message, [`Splitter`]), and each request is answered with its own outcome
 //! once the entry is applied here and by a majority.
 
 use std::collections::HashSet;
@@ -85,34 +85,40 @@ pub enum Piece<P> {
     TooLarge { size: usize },
 }
 
-/// Splits `ops` into entries that fit: the whole run if `encode` accepts it, otherwise each
-/// half on its own, down to a single op, which is reported as too large. The pieces cover the
-/// ops in order.
-pub fn split_to_fit<T, P>(
-    ops: Vec<T>,
-    encode: &mut impl FnMut(Vec<T>) -> Encoded<T, P>,
-) -> Vec<Piece<P>> {
-    let mut pieces = Vec::new();
-    split_into(ops, encode, &mut pieces);
-    pieces
+/// Splits a run of ops into entries that fit: the whole run if it encodes small enough,
+/// otherwise each half on its own, down to a single op, which is reported as too large. The
+/// pieces come one at a time, in op order, so the caller appends each before encoding the
+/// next (encoding a large group is the costly part; the runtime keeps serving in between).
+pub struct Splitter<T> {
+    /// Runs still to encode, the next one last.
+    runs: Vec<Vec<T>>,
 }
 
-fn split_into<T, P>(
-    ops: Vec<T>,
-    encode: &mut impl FnMut(Vec<T>) -> Encoded<T, P>,
-    pieces: &mut Vec<Piece<P>>,
-) {
-    let n = ops.len();
-    if n == 0 {
-        return;
+impl<T> Splitter<T> {
+    pub fn new(ops: Vec<T>) -> Splitter<T> {
+        Splitter { runs: vec![ops] }
     }
-    match encode(ops) {
-        Encoded::Fits(payload) => pieces.push(Piece::Entry { payload, ops: n }),
-        Encoded::TooLarge { size, .. } if n == 1 => pieces.push(Piece::TooLarge { size }),
-        Encoded::TooLarge { mut ops, .. } => {
-            let second = ops.split_off(n / 2);
-            split_into(ops, encode, pieces);
-            split_into(second, encode, pieces);
+
+    /// The next piece, or `None` when every op is covered.
+    pub fn next_piece<P>(
+        &mut self,
+        encode: &mut impl FnMut(Vec<T>) -> Encoded<T, P>,
+    ) -> Option<Piece<P>> {
+        loop {
+            let ops = self.runs.pop()?;
+            let n = ops.len();
+            if n == 0 {
+                continue;
+            }
+            match encode(ops) {
+                Encoded::Fits(payload) => return Some(Piece::Entry { payload, ops: n }),
+                Encoded::TooLarge { size, .. } if n == 1 => return Some(Piece::TooLarge { size }),
+                Encoded::TooLarge { mut ops, .. } => {
+                    let second = ops.split_off(n / 2);
+                    self.runs.push(second);
+                    self.runs.push(ops);
+                }
+            }
         }
     }
 }
@@ -203,9 +209,9 @@ impl Replica {
                 Encoded::Fits(payload)
             }
         };
-        let pieces = split_to_fit(ops, &mut encode);
+        let mut splitter = Splitter::new(ops);
         let mut replies = replies.into_iter();
-        for piece in pieces {
+        while let Some(piece) = splitter.next_piece(&mut encode) {
             match piece {
                 Piece::TooLarge { size } => {
                     // Refused with 413 rather than a 503 from the failed publish.

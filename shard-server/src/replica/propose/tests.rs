@@ -75,6 +75,15 @@ fn a_group_stops_at_a_term_change_and_at_the_limits() {
     assert_eq!(ids(&g), vec![vec![0], vec![1]]);
 }
 
+/// Every piece of `ops` at once.
+fn split_to_fit<T, P>(
+    ops: Vec<T>,
+    encode: &mut impl FnMut(Vec<T>) -> Encoded<T, P>,
+) -> Vec<Piece<P>> {
+    let mut splitter = Splitter::new(ops);
+    std::iter::from_fn(|| splitter.next_piece(encode)).collect()
+}
+
 /// Encodes a run of sizes as their ids if their total (plus 10 bytes of envelope) fits.
 fn encoder(
     sizes: &[usize],
