@@ -11,7 +11,7 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self};
 use futures::{FutureExt, StreamExt};
 use shardline::wal::{self, WalEntry};
-use shardline::{Position, Seq};
+use shardline::Seq;
 
 use super::{lock, Replica};
 use crate::store::{self, Outcome};
@@ -125,11 +125,12 @@ impl Replica {
             }
             if !entries.is_empty() {
                 let count = entries.len();
-                let (seq, term, outcomes) = self.commit(entries).await?;
+                let done = self.commit(entries).await?;
+                let seq = done.at.seq;
                 crate::metrics::applied(self.shard.as_str(), count, seq);
                 applied = seq;
-                self.set_applied(Position { seq, term });
-                self.resolve(&ids, outcomes);
+                self.set_applied(done.at);
+                self.resolve(&ids, done.outcomes);
                 self.quorum.record(self.server.clone(), seq);
                 // The primary counts itself above; only the others' announcements travel.
                 if !self.is_primary() {

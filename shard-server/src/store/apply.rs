@@ -7,7 +7,7 @@ use rusqlite::{params_from_iter, Connection};
 use serde_json::{Map, Value as Json};
 use shardline::schema::{key_of, Row};
 use shardline::wal::{WalEntry, WalOp};
-use shardline::{Seq, Term};
+use shardline::{Position, Seq, Term};
 
 use super::sql::{set_position, sql_value};
 use super::{lock, Store};
@@ -33,8 +33,12 @@ pub enum Outcome {
     Batch(Vec<Outcome>),
 }
 
-/// After a batch: the position committed `(applied_seq, term)` and each new entry's outcome.
-pub type BatchApplied = (Seq, Term, Vec<(Seq, Outcome)>);
+/// After a batch: the position committed and each new entry's outcome.
+#[derive(Debug)]
+pub struct BatchApplied {
+    pub at: Position,
+    pub outcomes: Vec<(Seq, Outcome)>,
+}
 
 impl Store {
     /// Applies a batch of `(seq, entry)` in one transaction. Entries at or below the stored
@@ -44,7 +48,10 @@ impl Store {
         batch: &[(Seq, Result<WalEntry, String>)],
     ) -> rusqlite::Result<BatchApplied> {
         let mut w = lock(&self.writer);
-        let (mut applied, mut term) = (w.applied, w.term);
+        let Position {
+            seq: mut applied,
+            mut term,
+        } = w.at;
         let tx = w.conn.transaction()?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for (seq, entry) in batch {
@@ -58,10 +65,11 @@ impl Store {
             applied = *seq;
             outcomes.push((*seq, outcome));
         }
-        set_position(&tx, applied, term)?;
+        let at = Position { seq: applied, term };
+        set_position(&tx, at)?;
         tx.commit()?;
-        (w.applied, w.term) = (applied, term);
-        Ok((applied, term, outcomes))
+        w.at = at;
+        Ok(BatchApplied { at, outcomes })
     }
 
     fn apply_entry(

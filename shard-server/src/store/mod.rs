@@ -24,15 +24,15 @@ use std::time::Duration;
 use rusqlite::{params_from_iter, Connection, OpenFlags};
 use serde_json::{Map, Value as Json};
 use shardline::schema::{Dtype, Row, Schema};
-use shardline::{Position, Seq, SyncMode, Term};
+use shardline::{Position, SyncMode};
 
 pub use self::apply::{BatchApplied, Outcome};
 use self::sql::{read_position, set_position, sql_value, Statements};
 
 struct Writer {
     conn: Connection,
-    applied: Seq,
-    term: Term,
+    /// The position committed last (what `replica_state` holds).
+    at: Position,
 }
 
 /// Idle read connections kept for reuse; more are opened when all are busy.
@@ -92,17 +92,13 @@ impl Store {
             [],
         )?;
         tx.commit()?;
-        let Position { seq: applied, term } = read_position(&conn)?;
+        let at = read_position(&conn)?;
         let store = Store {
             schema: schema.clone(),
             sql: Statements::new(schema),
             path: path.to_owned(),
             sync,
-            writer: Mutex::new(Writer {
-                conn,
-                applied,
-                term,
-            }),
+            writer: Mutex::new(Writer { conn, at }),
             readers: Mutex::new(Vec::new()),
         };
         // Readers opened now, their statements prepared, so the first reads do not pay.
@@ -132,11 +128,7 @@ impl Store {
 
     /// The applied sequence and term as committed.
     pub fn position(&self) -> Position {
-        let w = lock(&self.writer);
-        Position {
-            seq: w.applied,
-            term: w.term,
-        }
+        lock(&self.writer).at
     }
 
     /// Runs `f` on an idle read connection (opening one when all are busy). Readers see the
@@ -216,9 +208,9 @@ impl Store {
                 insert.execute(params_from_iter(r.iter().map(sql_value)))?;
             }
         }
-        set_position(&tx, at.seq, at.term)?;
+        set_position(&tx, at)?;
         tx.commit()?;
-        (w.applied, w.term) = (at.seq, at.term);
+        w.at = at;
         Ok(())
     }
 

@@ -80,8 +80,8 @@ pub(super) fn read_position(conn: &Connection) -> rusqlite::Result<Position> {
     )
 }
 
-pub(super) fn set_position(conn: &Connection, seq: Seq, term: Term) -> rusqlite::Result<()> {
+pub(super) fn set_position(conn: &Connection, at: Position) -> rusqlite::Result<()> {
     conn.prepare_cached("UPDATE replica_state SET applied_seq = ?, term = ? WHERE id = 1")?
-        .execute(params![seq.get() as i64, term.get() as i64])?;
+        .execute(params![at.seq.get() as i64, at.term.get() as i64])?;
     Ok(())
 }

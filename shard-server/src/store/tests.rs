@@ -115,7 +115,8 @@ fn outcomes_of_every_kind_of_entry() {
     let path = dir.path().join("s.db");
     let batch: Vec<(Seq, _)> = batch.into_iter().map(|(s, e)| (Seq(s), e)).collect();
     let store = Store::open(&path, &schema(), SyncMode::Normal).unwrap();
-    let (seq, t, outcomes) = store.apply(&batch).unwrap();
+    let applied = store.apply(&batch).unwrap();
+    let (seq, t, outcomes) = (applied.at.seq, applied.at.term, applied.outcomes);
     assert_eq!((seq, t), (Seq(12), Term(1)));
     let outcomes: Vec<Outcome> = outcomes.into_iter().map(|(_, o)| o).collect();
     assert_eq!(outcomes[0], Outcome::NewTerm(Term(1)));
@@ -163,7 +164,8 @@ fn outcomes_of_every_kind_of_entry() {
     assert_eq!(store.existing(&[1, 2, 3, 4]).unwrap(), vec![2, 4]);
 
     // A redelivered batch changes nothing; the position is durable across a reopen.
-    let (seq, _, again) = store.apply(&batch).unwrap();
+    let applied = store.apply(&batch).unwrap();
+    let (seq, again) = (applied.at.seq, applied.outcomes);
     assert_eq!((seq, again.len()), (Seq(12), 0));
     drop(store);
     let store = Store::open(&path, &schema(), SyncMode::Full).unwrap();
