@@ -59,7 +59,9 @@ pub async fn update(
     check_keyed(&body, &schema, true)?;
     let key = schema.key();
     let (shard, k) = (body.shard, body.value);
-    let data = body.data.unwrap_or_default();
+    let data = body
+        .data
+        .ok_or_else(|| ApiError::BadRequest("missing field `data`".into()))?;
     let row = schema
         .parse_row(&data, s.max_string_bytes)
         .map_err(|e| ApiError::BadRequest(format!("data: {e}")))?;
