@@ -137,27 +137,53 @@ pub struct Config {
     pub stop_servers_on_exit: bool,
 }
 
+impl Config {
+    /// Refuses settings that cannot work (NATS credentials that contradict each other), so
+    /// that the binary stops before it binds and prints `LISTENING`.
+    pub fn check(&self) -> anyhow::Result<()> {
+        self.nats_auth.auth()?;
+        Ok(())
+    }
+}
+
 /// Runs the manager on `listener` until `shutdown` resolves: connects to NATS, starts the
 /// monitor, serves the admin API, and at shutdown lets admin calls in flight finish for a few
 /// seconds, stops the monitor and (if configured) the servers.
 pub async fn run(
     config: Config,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    // `shutdown` is watched from the start (a stop request while NATS is still unreachable
+    // must not wait for it) until the manager has stopped.
+    let stop = CancellationToken::new();
+    let stopped = CancellationToken::new();
+    let ((), result) = tokio::join!(
+        // Polled first, so that the shutdown future (a signal handler) is in place before
+        // anything else runs.
+        biased;
+        async {
+            tokio::select! {
+                () = shutdown => stop.cancel(),
+                () = stopped.cancelled() => {}
+            }
+        },
+        async {
+            let _stopped = stopped.drop_guard_ref();
+            start(config, listener, stop.clone()).await
+        },
+    );
+    result
+}
+
+/// Picks the runtime the configuration names and serves until `stop`.
+async fn start(
+    config: Config,
+    listener: TcpListener,
+    stop: CancellationToken,
 ) -> anyhow::Result<()> {
     tracing::info!(?config, "starting manager");
     let nats_auth = config.nats_auth.auth()?;
-    // Watched from the start, so that a stop request while NATS is still unreachable is not
-    // left waiting.
-    let stop = CancellationToken::new();
-    tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            shutdown.await;
-            stop.cancel();
-        }
-    });
-
     // The servers get the manager's NATS credentials explicitly, whether the manager got
     // them from its environment or its command line (and never on a command line).
     let server_env: Vec<(String, String)> = (nats_auth.env().into_iter())

@@ -1,4 +1,4 @@
-//! The `manager` binary: parses the configuration, binds the admin address, prints
+//! The `manager` binary: parses and checks the configuration, binds the admin address, prints
 //! `LISTENING <addr>` (the test kit and scripts wait for that line) and runs [`manager::run`]
 //! until SIGINT or SIGTERM.
 
@@ -10,6 +10,7 @@ use manager::Config;
 async fn main() -> anyhow::Result<()> {
     shardline::telemetry::init_logging();
     let config = Config::parse();
+    config.check()?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

@@ -85,7 +85,7 @@ pub async fn run<R: Runtime>(
             }
         }
     }
-    while respawns.finished().await.is_some() {}
+    while respawns.tasks.join_next().await.is_some() {}
 }
 
 async fn round<R: Runtime>(
