@@ -75,3 +75,85 @@ impl ShardClient {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+    use axum::routing::{get, post};
+    use axum::{Json, Router};
+    use shardline::internal::ReplicaProgress;
+    use shardline::names::ShardId;
+    use shardline::schema::SchemaSpec;
+    use shardline::{Seq, Term};
+
+    /// A stand-in shard server named Server1 on loopback that refuses every `/config`.
+    async fn fake_server() -> String {
+        let beat = Heartbeat {
+            server: ServerName::parse("Server1").unwrap(),
+            shards: [(
+                ShardId::parse("sh1").unwrap(),
+                ReplicaProgress {
+                    applied: Seq(12),
+                    term: Term(2),
+                    recovering: false,
+                },
+            )]
+            .into(),
+        };
+        let app = Router::new()
+            .route("/heartbeat", get(move || async move { Json(beat) }))
+            .route(
+                "/config",
+                post(|Json(c): Json<ConfigRequest>| async move {
+                    (
+                        StatusCode::CONFLICT,
+                        format!("{} shards refused", c.shards.len()),
+                    )
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    #[tokio::test]
+    async fn heartbeats_are_typed_and_checked_against_the_name() {
+        let addr = fake_server().await;
+        let client = ShardClient::build().unwrap();
+        let timeout = Duration::from_secs(5);
+        let beat = client
+            .heartbeat(&ServerName::parse("Server1").unwrap(), &addr, timeout)
+            .await
+            .expect("Server1 answers");
+        assert_eq!(beat.shards["sh1"].applied, Seq(12));
+        // Another server at that address (the old one's port reused) is not this one.
+        let other = client
+            .heartbeat(&ServerName::parse("Server2").unwrap(), &addr, timeout)
+            .await;
+        assert_eq!(other, None);
+    }
+
+    #[tokio::test]
+    async fn a_refused_config_says_what_the_server_answered() {
+        let addr = fake_server().await;
+        let client = ShardClient::build().unwrap();
+        let config = ConfigRequest {
+            schema: SchemaSpec {
+                columns: vec!["Stud_id".into()],
+                dtypes: vec!["Number".into()],
+            },
+            shards: vec![
+                ShardId::parse("sh1").unwrap(),
+                ShardId::parse("sh2").unwrap(),
+            ],
+        };
+        let err = client.configure(&addr, &config).await.unwrap_err();
+        assert!(matches!(err, ConfigError::Refused { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "/config answered 409 Conflict: 2 shards refused"
+        );
+    }
+}
