@@ -323,3 +323,62 @@ async fn serve_http(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+
+    async fn listener() -> (TcpListener, String) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        (l, url)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stopping_waits_for_calls_in_flight_but_not_forever() {
+        let (l, url) = listener().await;
+        let reached = Arc::new(tokio::sync::Notify::new());
+        let app = axum::Router::new().route(
+            "/hang",
+            get({
+                let reached = reached.clone();
+                || async move {
+                    reached.notify_one();
+                    std::future::pending::<()>().await
+                }
+            }),
+        );
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve_http(l, app, stop.clone()));
+        let call = tokio::spawn(async move { reqwest::get(format!("{url}/hang")).await });
+        reached.notified().await;
+        let stopping = tokio::time::Instant::now();
+        stop.cancel();
+        server.await.unwrap().unwrap();
+        assert!(
+            stopping.elapsed() >= DRAIN,
+            "stopped after {:?}",
+            stopping.elapsed()
+        );
+        drop(call); // still hanging; it ends with the test runtime
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stopping_without_calls_in_flight_is_immediate() {
+        let (l, url) = listener().await;
+        let app = axum::Router::new().route("/ok", get(|| async { "ok" }));
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve_http(l, app, stop.clone()));
+        let body = reqwest::get(format!("{url}/ok")).await.unwrap();
+        assert_eq!(body.text().await.unwrap(), "ok");
+        let stopping = tokio::time::Instant::now();
+        stop.cancel();
+        server.await.unwrap().unwrap();
+        assert!(
+            stopping.elapsed() < DRAIN,
+            "stopped after {:?}",
+            stopping.elapsed()
+        );
+    }
+}
