@@ -126,12 +126,11 @@ mod ops {
         security((), ("admin_token" = [])),
         responses(
             (status = 200, description = "Servers added", body = AddResponse),
-            (status = 400, description = "Invalid body", body = Failure),
+            (status = 400, description = "Invalid body, an unknown shard, or not configured", body = Failure),
             (status = 401, description = "Admin token missing or wrong", body = Failure),
-            (status = 404, description = "Unknown shard", body = Failure),
             (status = 409, description = "Server exists", body = Failure),
             (status = 413, description = "Body too large", body = Failure),
-            (status = 503, description = "Not configured, or manager unavailable", body = Failure),
+            (status = 503, description = "Manager unavailable", body = Failure),
         ))]
     fn add() {}
 
@@ -140,12 +139,12 @@ mod ops {
         security((), ("admin_token" = [])),
         responses(
             (status = 200, description = "Servers removed", body = RmResponse),
-            (status = 400, description = "Invalid body", body = Failure),
+            (status = 400, description = "Invalid body, more names than n, or not configured", body = Failure),
             (status = 401, description = "Admin token missing or wrong", body = Failure),
             (status = 404, description = "Unknown server", body = Failure),
             (status = 409, description = "Would leave a shard without a replica", body = Failure),
             (status = 413, description = "Body too large", body = Failure),
-            (status = 503, description = "Not configured, or manager unavailable", body = Failure),
+            (status = 503, description = "Manager unavailable", body = Failure),
         ))]
     fn rm() {}
 

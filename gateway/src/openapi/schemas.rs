@@ -227,8 +227,9 @@ pub struct Failure {
 }
 
 /// A failed `/write`. When its rows spanned several shards and more than one shard's part
-/// failed or some committed, it also lists which shards committed and why the others did not
-/// (`code` is then `partial_write` if any committed). The status is the worst failure's.
+/// failed or some committed, it also lists which shards committed and why the others did not;
+/// `code` is then `partial_write` if any committed, else the worst failure's code, and the
+/// status is the worst failure's.
 #[derive(Deserialize, ToSchema)]
 pub struct WriteFailure {
     message: String,
