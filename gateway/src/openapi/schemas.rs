@@ -64,11 +64,17 @@ pub fn row_key() -> Object {
 
 /// A count: `n`, `N`.
 pub fn count() -> Object {
-    ObjectBuilder::new()
-        .schema_type(Type::Integer)
-        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
-        .minimum(Some(0))
+    int64().minimum(Some(0)).maximum(Some(i64::MAX)).build()
+}
+
+/// `/init`'s `N`: the number of servers, at least one.
+pub fn server_count() -> Object {
+    int64()
+        .minimum(Some(1))
         .maximum(Some(i64::MAX))
+        .description(Some(
+            "The number of servers listed in `servers` (must be equal).",
+        ))
         .build()
 }
 
@@ -384,9 +390,8 @@ pub struct ShardSpecDoc {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InitRequestDoc {
-    /// The number of servers listed in `servers` (must be equal).
     #[serde(rename = "N")]
-    #[schema(schema_with = count)]
+    #[schema(schema_with = server_count)]
     n: u64,
     schema: SchemaDoc,
     /// At least one; ids unique; ranges must not overlap.
