@@ -154,7 +154,7 @@ mod ops {
             (status = 200, description = "Rows in the range, by key", body = ReadResponse),
             (status = 400, description = "Invalid body, low > high, or too many rows", body = Failure),
             (status = 413, description = "Body too large", body = Failure),
-            (status = 503, description = "A shard has no live replica", body = Failure),
+            (status = 503, description = "Not configured, or a shard has no live replica", body = Failure),
         ))]
     fn read_post() {}
 
@@ -164,7 +164,7 @@ mod ops {
             (status = 200, description = "Rows in the range, by key", body = ReadResponse),
             (status = 400, description = "Invalid body, low > high, or too many rows", body = Failure),
             (status = 413, description = "Body too large", body = Failure),
-            (status = 503, description = "A shard has no live replica", body = Failure),
+            (status = 503, description = "Not configured, or a shard has no live replica", body = Failure),
         ))]
     fn read_get() {}
 
@@ -174,7 +174,7 @@ mod ops {
             (status = 200, description = "Shard id → every row the server holds of it, plus `status`", body = ServerRowsDoc),
             (status = 400, description = "A path that is not UTF-8", body = Failure),
             (status = 404, description = "Unknown server", body = Failure),
-            (status = 503, description = "Server unreachable", body = Failure),
+            (status = 503, description = "Not configured, or the server is unreachable", body = Failure),
         ))]
     fn read_server_get() {}
 
@@ -184,7 +184,7 @@ mod ops {
             (status = 200, description = "Shard id → every row the server holds of it, plus `status`", body = ServerRowsDoc),
             (status = 400, description = "A path that is not UTF-8", body = Failure),
             (status = 404, description = "Unknown server", body = Failure),
-            (status = 503, description = "Server unreachable", body = Failure),
+            (status = 503, description = "Not configured, or the server is unreachable", body = Failure),
         ))]
     fn read_server_post() {}
 
@@ -195,7 +195,7 @@ mod ops {
             (status = 400, description = "Invalid body or a key outside every shard", body = Failure),
             (status = 409, description = "A key exists or appears twice; may list committed shards", body = WriteFailure),
             (status = 413, description = "Body too large, or a shard's part over the log's message limit", body = Failure),
-            (status = 503, description = "No primary, no quorum or log unreachable; may list committed shards", body = WriteFailure),
+            (status = 503, description = "Not configured, no primary, no quorum or log unreachable; may list committed shards", body = WriteFailure),
         ))]
     fn write() {}
 
@@ -206,7 +206,7 @@ mod ops {
             (status = 400, description = "Invalid body, or the row's key differs", body = Failure),
             (status = 404, description = "Unknown key", body = Failure),
             (status = 413, description = "Body too large", body = Failure),
-            (status = 503, description = "No primary, no quorum or log unreachable", body = Failure),
+            (status = 503, description = "Not configured, no primary, no quorum or log unreachable", body = Failure),
         ))]
     fn update() {}
 
@@ -217,7 +217,7 @@ mod ops {
             (status = 400, description = "Invalid body", body = Failure),
             (status = 404, description = "Unknown key", body = Failure),
             (status = 413, description = "Body too large", body = Failure),
-            (status = 503, description = "No primary, no quorum or log unreachable", body = Failure),
+            (status = 503, description = "Not configured, no primary, no quorum or log unreachable", body = Failure),
         ))]
     fn del() {}
 
