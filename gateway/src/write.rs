@@ -226,11 +226,23 @@ fn summarize(total: usize, results: Vec<(&Group, Result<(), ApiError>)>) -> Resp
             return e.into_response();
         }
     }
-    let status = failed
-        .iter()
-        .map(|(_, e)| e.status())
-        .max()
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let worst = failed.iter().map(|(_, e)| e).max_by_key(|e| e.status());
+    let status = worst.map_or(StatusCode::INTERNAL_SERVER_ERROR, |e| e.status());
+    // Like every failure body, a code and an outcome: `partial_write` once some shard
+    // committed, else the worst failure's code (docs/API.md, POST /write).
+    let code = match worst {
+        Some(e) if committed.is_empty() => e.code(),
+        _ => shardline::ErrorCode::PartialWrite,
+    };
+    let unknown = !committed.is_empty()
+        || failed
+            .iter()
+            .any(|(_, e)| e.effect() == shardline::Effect::Unknown);
+    let outcome = if unknown {
+        shardline::Effect::Unknown
+    } else {
+        shardline::Effect::NotApplied
+    };
     let reasons: Vec<String> = failed
         .iter()
         .map(|(g, e)| format!("{}: {}", g.shard, e.message()))
@@ -253,6 +265,8 @@ fn summarize(total: usize, results: Vec<(&Group, Result<(), ApiError>)>) -> Resp
     let committed: Vec<&str> = committed.iter().map(|g| g.shard.as_str()).collect();
     let body = json!({
         "message": message,
+        "code": code,
+        "outcome": outcome,
         "committed": committed,
         "failed": failed,
         "status": "failure",
