@@ -1,7 +1,10 @@
 //! Calls from the gateway to shard servers and the manager: pooled HTTP clients, decoding
-//! of their answers (a failure body becomes the same [`ApiError`] the server meant), and
-//! routing of a request to a shard's primary with one retry after a failover.
+//! of their answers (a failure body becomes the same [`ApiError`] the server meant, code
+//! included), and routing of a request to a shard's primary with one retry after a failover.
+//! The retry logic is pure over the call results ([`after_first`], [`after_second`]) and the
+//! metadata channel ([`wait_for_primary`]), so it is tested in-process with paused time.
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,7 +14,9 @@ use hyper::{Method, Request, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as LegacyClient;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
 use shardline::names::ServerName;
 use shardline::ApiError;
 use tokio::time::Instant;
@@ -61,36 +66,31 @@ pub enum CallError {
     Status(ApiError),
 }
 
-/// Sends one request with an optional JSON body and decodes a JSON answer.
+/// Encodes a request body once (a retry re-sends the same bytes).
+pub fn encode<B: Serialize + ?Sized>(body: &B) -> Result<Bytes, ApiError> {
+    serde_json::to_vec(body)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::Internal(format!("cannot encode the request: {e}")))
+}
+
+/// Decodes a successful answer with its `internal` type; the error completes "the answer …".
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("does not decode: {e}"))
+}
+
+/// Sends one request with an optional JSON body and returns a successful answer's bytes
+/// undecoded (the caller decodes them, or passes them on).
 pub async fn call(
     http: &Client,
     method: Method,
     uri: Uri,
-    body: Option<&Value>,
-) -> Result<Value, CallError> {
-    let bytes = call_raw(http, method, uri, body).await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(json!({}));
-    }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| CallError::Transport(format!("the answer is not valid JSON: {e}")))
-}
-
-/// Sends one request with an optional JSON body and returns a successful answer's bytes
-/// undecoded (for answers the gateway only passes on).
-pub async fn call_raw(
-    http: &Client,
-    method: Method,
-    uri: Uri,
-    body: Option<&Value>,
+    body: Option<Bytes>,
 ) -> Result<Bytes, CallError> {
     let mut req = Request::builder().method(method).uri(uri);
     let body = match body {
-        Some(body) => {
+        Some(json) => {
             req = req.header(CONTENT_TYPE, "application/json");
-            let json = serde_json::to_vec(body)
-                .map_err(|e| CallError::Connect(format!("cannot encode the request: {e}")))?;
-            Full::new(Bytes::from(json))
+            Full::new(json)
         }
         None => Full::default(),
     };
@@ -166,67 +166,134 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-/// Sends `body` to the primary of `shard`. When the primary refuses (421: it is not, or not
-/// yet, the primary) or cannot be reached, waits a bounded time for the metadata to name
-/// another primary and tries once more. A request that was sent but got no answer is not
-/// retried: it may have been committed, and a second attempt could report a false conflict.
+/// Sends `body` (encoded by [`encode`]) to the primary of `shard` and returns its answer's
+/// bytes. When the primary refuses (421: it is not, or not yet, the primary) or cannot be
+/// reached, waits a bounded time for the metadata to name another primary and tries once more
+/// ([`failover`]).
 pub async fn to_primary(
     state: &AppState,
     shard: &str,
     method: Method,
     path: &str,
-    body: &Value,
-) -> Result<Value, ApiError> {
-    let mut rx = state.topology.clone();
-    let wait = state.config.failover_wait();
-    let current = rx.borrow_and_update().cluster()?.primary(shard);
+    body: Bytes,
+) -> Result<Bytes, ApiError> {
+    let send = |target: Target| {
+        call(
+            &state.upstream,
+            method.clone(),
+            target.uri(path),
+            Some(body.clone()),
+        )
+    };
+    failover(
+        state.topology.clone(),
+        shard,
+        state.config.failover_wait(),
+        send,
+    )
+    .await
+}
+
+/// The attempts of [`to_primary`], with the sending left to `send` (so the sequence can be
+/// tested without a network): the current primary, then, if [`after_first`] says so, the
+/// one [`wait_for_primary`] finds within `wait`.
+pub async fn failover<F, Fut>(
+    mut rx: TopologyRx,
+    shard: &str,
+    wait: Duration,
+    mut send: F,
+) -> Result<Bytes, ApiError>
+where
+    F: FnMut(Target) -> Fut,
+    Fut: Future<Output = Result<Bytes, CallError>>,
+{
+    let current = rx.borrow_and_update().routing()?.primary(shard);
     let first = match current {
         Some(t) => t,
         None => wait_for_primary(&mut rx, shard, None, None, wait).await?,
     };
-    let hint = match call(&state.upstream, method.clone(), first.uri(path), Some(body)).await {
-        Ok(v) => return Ok(v),
-        Err(CallError::Status(ApiError::NotPrimary { message, primary })) => {
-            tracing::debug!(shard, server = %first.name, %message, "not the primary; retrying");
-            crate::metrics::retry(shard, "not_primary");
-            primary
+    let hint = match after_first(shard, &first.name, send(first.clone()).await) {
+        Next::Done(answer) => return answer,
+        Next::Retry { hint, reason } => {
+            crate::metrics::retry(shard, reason);
+            hint
         }
-        Err(CallError::Connect(e)) => {
-            tracing::debug!(shard, server = %first.name, error = %e, "primary unreachable; retrying");
-            crate::metrics::retry(shard, "primary_unreachable");
-            None
-        }
-        Err(CallError::Transport(e)) => return Err(unknown_outcome(shard, &first.name, &e)),
-        Err(CallError::Status(e)) => return Err(e),
     };
     let second = wait_for_primary(&mut rx, shard, Some(&first.name), hint, wait).await?;
-    match call(&state.upstream, method, second.uri(path), Some(body)).await {
-        Ok(v) => Ok(v),
+    after_second(shard, &second.name, send(second.clone()).await)
+}
+
+/// What to do after the first attempt at a shard's primary.
+#[derive(Debug)]
+pub enum Next {
+    /// The answer is final: a success, or a failure to pass on.
+    Done(Result<Bytes, ApiError>),
+    /// The request certainly reached no primary: send it again to another one, preferring
+    /// `hint` (the primary named by a refusing server). `reason` labels the retry metric.
+    Retry {
+        hint: Option<String>,
+        reason: &'static str,
+    },
+}
+
+/// The retry decision: retry only when the request certainly was not applied (a 421
+/// refusal, or no connection made). A request that was sent but got no answer is never
+/// retried: it may have been committed, and a second attempt could report a false conflict.
+pub fn after_first(shard: &str, server: &ServerName, result: Result<Bytes, CallError>) -> Next {
+    match result {
+        Ok(answer) => Next::Done(Ok(answer)),
+        Err(CallError::Status(ApiError::NotPrimary { message, primary })) => {
+            tracing::debug!(shard, %server, %message, "not the primary; retrying");
+            Next::Retry {
+                hint: primary,
+                reason: "not_primary",
+            }
+        }
+        Err(CallError::Connect(e)) => {
+            tracing::debug!(shard, %server, error = %e, "primary unreachable; retrying");
+            Next::Retry {
+                hint: None,
+                reason: "primary_unreachable",
+            }
+        }
+        Err(CallError::Transport(e)) => Next::Done(Err(unknown_outcome(shard, server, &e))),
+        Err(CallError::Status(e)) => Next::Done(Err(e)),
+    }
+}
+
+/// The answer after the second (last) attempt: a refusal or a connection never made is
+/// `unavailable` (certainly not applied), no answer is `outcome_unknown`.
+pub fn after_second(
+    shard: &str,
+    server: &ServerName,
+    result: Result<Bytes, CallError>,
+) -> Result<Bytes, ApiError> {
+    match result {
+        Ok(answer) => Ok(answer),
         Err(CallError::Status(ApiError::NotPrimary { message, .. })) => {
             Err(ApiError::Unavailable(format!(
-                "shard {shard}: {} refused as not the primary ({message}); an election may be in progress, retry later",
-                second.name
+                "shard {shard}: {server} refused as not the primary ({message}); an election may be in progress, retry later"
             )))
         }
         Err(CallError::Connect(e)) => Err(ApiError::Unavailable(format!(
-            "shard {shard}: primary {} is unreachable: {e}",
-            second.name
+            "shard {shard}: primary {server} is unreachable: {e}"
         ))),
-        Err(CallError::Transport(e)) => Err(unknown_outcome(shard, &second.name, &e)),
+        Err(CallError::Transport(e)) => Err(unknown_outcome(shard, server, &e)),
         Err(CallError::Status(e)) => Err(e),
     }
 }
 
 fn unknown_outcome(shard: &str, server: &ServerName, e: &str) -> ApiError {
-    ApiError::Unavailable(format!(
+    ApiError::OutcomeUnknown(format!(
         "shard {shard}: primary {server} did not answer ({e}); the request may or may not have been applied"
     ))
 }
 
 /// The shard's primary once the metadata names one other than `avoid`, waiting at most
 /// `wait`. If the metadata does not move in time, falls back to `hint` (the primary named by
-/// a refusing server) and then to whatever primary the metadata names.
-async fn wait_for_primary(
+/// a refusing server) and then to whatever primary the metadata names; `no_primary` when it
+/// names none.
+pub async fn wait_for_primary(
     rx: &mut TopologyRx,
     shard: &str,
     avoid: Option<&ServerName>,
@@ -235,7 +302,7 @@ async fn wait_for_primary(
 ) -> Result<Target, ApiError> {
     let deadline = Instant::now() + wait;
     loop {
-        let found = rx.borrow_and_update().cluster()?.primary(shard);
+        let found = rx.borrow_and_update().routing()?.primary(shard);
         if let Some(p) = found.filter(|p| Some(&p.name) != avoid) {
             return Ok(p);
         }
@@ -245,14 +312,14 @@ async fn wait_for_primary(
         }
     }
     let topology = rx.borrow().clone();
-    let cluster = topology.cluster()?;
+    let routing = topology.routing()?;
     if let Some(h) = hint
-        .and_then(|h| cluster.target(&h))
+        .and_then(|h| routing.target(&h))
         .filter(|h| Some(&h.name) != avoid)
     {
         return Ok(h);
     }
-    cluster
+    routing
         .primary(shard)
-        .ok_or_else(|| ApiError::Unavailable(format!("shard {shard} has no primary")))
+        .ok_or_else(|| ApiError::NoPrimary(format!("shard {shard} has no primary")))
 }
