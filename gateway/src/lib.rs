@@ -10,7 +10,7 @@
 //! - [`router`]: the shared [`router::AppState`], the route table, 404/405 fallbacks.
 //! - [`upstream`]: the one HTTP client for shard servers and the manager; decodes their answers
 //!   into [`shardline::ApiError`]s and routes a call to a shard's primary, retrying once after
-//!   a failover ([`upstream::wait_for_primary`], [`upstream::next_step`]).
+//!   a failover ([`upstream::wait_for_primary`], [`upstream::after_first`]).
 //! - [`read`], [`write`], [`admin`], [`status`], [`health`]: one module per endpoint family,
 //!   each owning its validation (pure functions over the metadata and the body) and execution.
 //! - [`metrics`]: the Prometheus series and the `/metrics` route.

@@ -13,7 +13,7 @@ use hyper::Method;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use shardline::body::ApiJson;
-use shardline::internal::{KeyRange, ReadRequest, ServerRows, Status};
+use shardline::internal::{KeyRange, ReadRequest, ReadResponse, ServerRows, Status};
 use shardline::meta::ClusterMeta;
 use shardline::names::{ColumnName, ServerName, ShardId};
 use shardline::ring::HashRing;
@@ -114,7 +114,7 @@ pub async fn read(
     // re-encoded: only their boundaries are parsed.
     let mut rows: Vec<&RawValue> = Vec::new();
     for (answer, part) in answers.iter().zip(&plan.parts) {
-        let parsed: RawRows = serde_json::from_slice(answer).map_err(|e| {
+        let parsed: ReadResponse<&RawValue> = serde_json::from_slice(answer).map_err(|e| {
             ApiError::Unavailable(format!(
                 "shard {}: the replica answered badly: {e}",
                 part.shard
@@ -144,13 +144,6 @@ pub async fn read(
     }
     out.push_str(r#"],"status":"success"}"#);
     Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
-}
-
-/// A server's `/read` answer with each row left as raw JSON.
-#[derive(serde::Deserialize)]
-struct RawRows<'a> {
-    #[serde(borrow)]
-    data: Vec<&'a RawValue>,
 }
 
 /// Reads one shard's part from one replica; a replica that fails is replaced by the next live
