@@ -54,11 +54,19 @@ pub fn decode(bytes: &[u8]) -> Option<ClusterMeta> {
 /// Follows the metadata with the channel carrying it unchanged: a value that does not decode
 /// counts as absent.
 pub fn spawn(js: jetstream::Context) -> MetaRx {
-    follow(js, None, |update, current| match update.stored {
+    follow(js, None, as_stored)
+}
+
+/// The value [`spawn`]'s channel carries after `update`.
+fn as_stored(
+    update: Update,
+    current: &Option<Arc<ClusterMeta>>,
+) -> Option<Option<Arc<ClusterMeta>>> {
+    match update.stored {
         Stored::Meta(meta) => Some(Some(Arc::new(meta))),
         // Wake no receiver for "still nothing".
         Stored::Absent | Stored::Undecodable => current.is_some().then_some(None),
-    })
+    }
 }
 
 /// Starts a task that follows key [`META_KEY`] and, for each revision newer than the last one
@@ -165,5 +173,42 @@ where
     let next = apply(update, &tx.borrow());
     if let Some(next) = next {
         tx.send_replace(next);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::Schema;
+
+    fn meta() -> ClusterMeta {
+        ClusterMeta {
+            schema: Schema::parse(&crate::schema::SchemaSpec {
+                columns: vec!["k".into()],
+                dtypes: vec!["Number".into()],
+            })
+            .unwrap(),
+            shards: Vec::new(),
+            servers: Default::default(),
+        }
+    }
+
+    fn update(stored: Stored) -> Update {
+        Update {
+            revision: 1,
+            stored,
+        }
+    }
+
+    #[test]
+    fn the_plain_channel_carries_the_metadata_or_nothing() {
+        // Nothing before and nothing now: no wake-up.
+        assert!(as_stored(update(Stored::Absent), &None).is_none());
+        assert!(as_stored(update(Stored::Undecodable), &None).is_none());
+        let now = as_stored(update(Stored::Meta(meta())), &None).unwrap();
+        assert_eq!(now.as_ref().unwrap().schema.key(), "k");
+        // Torn down, or replaced by something unreadable: absent.
+        assert_eq!(as_stored(update(Stored::Absent), &now), Some(None));
+        assert_eq!(as_stored(update(Stored::Undecodable), &now), Some(None));
     }
 }

@@ -257,3 +257,41 @@ fn primaries(meta: &ClusterMeta) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::write::tests::a1;
+
+    fn update(revision: u64, stored: Stored) -> Update {
+        Update { revision, stored }
+    }
+
+    #[test]
+    fn each_revision_becomes_a_snapshot_or_keeps_the_last_good_one() {
+        let hash = RingHash::Mixed;
+        let t = next(update(0, Stored::Absent), hash, &Topology::Loading).unwrap();
+        assert!(matches!(t, Topology::Unconfigured));
+        assert!(t.routing().unwrap_err().message().contains("POST /init"));
+
+        let mut meta = a1();
+        meta.shards.reverse();
+        let t = next(update(7, Stored::Meta(meta)), hash, &t).unwrap();
+        let routing = t.routing().unwrap();
+        assert_eq!(routing.revision, 7);
+        // Shards sorted by range, a ring for each.
+        assert_eq!(routing.meta.shards[0].id.as_str(), "sh1");
+        assert!(routing.ring("sh4").is_some());
+        assert_eq!(routing.ready().unwrap_err(), "shard sh1 has no primary");
+
+        // A value that does not decode, or a schema without columns: routing goes on.
+        assert!(next(update(8, Stored::Undecodable), hash, &t).is_none());
+        let mut empty = a1();
+        empty.schema.columns.clear();
+        assert!(next(update(9, Stored::Meta(empty)), hash, &t).is_none());
+
+        // Torn down.
+        let gone = next(update(10, Stored::Absent), hash, &t).unwrap();
+        assert!(matches!(gone, Topology::Unconfigured));
+    }
+}
