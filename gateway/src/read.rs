@@ -12,7 +12,7 @@ use bytes::Bytes;
 use hyper::Method;
 use serde_json::value::RawValue;
 use serde_json::Value;
-use shardline::body::ApiJson;
+use shardline::body::{bad, int, kind, object, only_fields, required, ApiJson};
 use shardline::internal::{KeyRange, ReadRequest, ReadResponse, ServerRows, Status};
 use shardline::meta::ClusterMeta;
 use shardline::names::{ColumnName, ServerName, ShardId};
@@ -22,7 +22,6 @@ use shardline::ApiError;
 use crate::router::AppState;
 use crate::topology::Routing;
 use crate::upstream::{self, CallError};
-use shardline::body::{bad, int, kind, object, only_fields, required};
 
 /// How a read picks a shard's replica on the ring (`--read-policy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -166,9 +165,15 @@ async fn read_part(
         data: None,
     })?;
 
-    // The primary's answer is passed on as it came, like a replica's.
+    // The primary's answer is passed on as it came, like a replica's. A read changes nothing,
+    // so a primary that did not answer leaves nothing in doubt: `unavailable`.
     if consistency == Consistency::Primary {
-        return upstream::to_primary(state, shard, Method::POST, "/read", req).await;
+        return upstream::to_primary(state, shard, Method::POST, "/read", req)
+            .await
+            .map_err(|e| match e {
+                ApiError::OutcomeUnknown(m) => ApiError::Unavailable(m),
+                e => e,
+            });
     }
 
     let ring = routing

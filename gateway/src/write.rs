@@ -1,6 +1,23 @@
 //! `POST /write`, `PUT /update`, `DELETE /del`: validated here in full (nothing reaches a
 //! server for a rejected request), then sent to each shard's primary, which commits through
-//! the WAL before answering.
+//! the WAL before answering. The bodies sent are [`shardline::internal`]'s `WriteRequest`,
+//! `UpdateRequest` and `DeleteRequest`; the primary answers a [`Done`].
+//!
+//! A `/write` whose rows span several shards sends one group per shard, in parallel. When
+//! some group fails, the answer has the worst failure's status and this body
+//! ([`PartialFailure`]):
+//!
+//! ```json
+//! {"message": "partial write: 1 of 2 data entries added (shards sh1); not added: sh2: …",
+//!  "code": "partial_write", "outcome": "unknown",
+//!  "committed": ["sh1"],
+//!  "failed": {"sh2": "<message>"}, "failed_codes": {"sh2": "no_quorum"},
+//!  "status": "failure"}
+//! ```
+//!
+//! `code` is `partial_write` (outcome `unknown`) when some shard committed; when none did, it
+//! is the code of the worst failure (highest status), and `outcome` is `unknown` if any
+//! failure's is. A write whose only group failed answers that group's failure as it is.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -13,7 +30,7 @@ use bytes::Bytes;
 use hyper::Method;
 use serde::Serialize;
 use serde_json::Value;
-use shardline::body::ApiJson;
+use shardline::body::{bad, int, kind, object, only_fields, required, some, ApiJson};
 use shardline::internal::{DeleteRequest, Done, Status, UpdateRequest, WriteRequest};
 use shardline::meta::ClusterMeta;
 use shardline::names::{ColumnName, ShardId};
@@ -22,7 +39,6 @@ use shardline::{ApiError, Effect, ErrorCode};
 
 use crate::router::AppState;
 use crate::upstream;
-use shardline::body::{bad, int, kind, object, only_fields, required, some};
 
 /// A validated `/write`: the rows grouped by shard, groups in key order, rows as given.
 #[derive(Debug)]
