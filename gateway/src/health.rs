@@ -17,7 +17,7 @@ pub async fn healthz() -> Json<Value> {
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let topology = state.topology.borrow().clone();
     let routing = topology.routing()?;
-    routing.ready().map_err(ApiError::Unavailable)?;
+    routing.ready()?;
     Ok(Json(
         json!({"message": "ready", "revision": routing.revision, "status": "success"}),
     ))

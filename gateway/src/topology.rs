@@ -171,12 +171,20 @@ impl Routing {
     }
 
     /// Every shard has a primary that is a known server marked up.
-    pub fn ready(&self) -> Result<(), String> {
+    pub fn ready(&self) -> Result<(), ApiError> {
         for s in &self.meta.shards {
             match self.primary(s.id.as_str()) {
-                None => return Err(format!("shard {} has no primary", s.id)),
+                None => {
+                    return Err(ApiError::NoPrimary(format!(
+                        "shard {} has no primary",
+                        s.id
+                    )))
+                }
                 Some(p) if !self.is_up(p.name.as_str()) => {
-                    return Err(format!("shard {}: primary {} is not up", s.id, p.name))
+                    return Err(ApiError::Unavailable(format!(
+                        "shard {}: primary {} is not up",
+                        s.id, p.name
+                    )))
                 }
                 Some(_) => {}
             }
@@ -282,7 +290,9 @@ mod tests {
         // Shards sorted by range, a ring for each.
         assert_eq!(routing.meta.shards[0].id.as_str(), "sh1");
         assert!(routing.ring("sh4").is_some());
-        assert_eq!(routing.ready().unwrap_err(), "shard sh1 has no primary");
+        let e = routing.ready().unwrap_err();
+        assert_eq!(e.code(), shardline::ErrorCode::NoPrimary);
+        assert_eq!(e.message(), "shard sh1 has no primary");
 
         // A value that does not decode, or a schema without columns: routing goes on.
         assert!(next(update(8, Stored::Undecodable), hash, &t).is_none());
