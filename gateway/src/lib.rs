@@ -11,7 +11,7 @@
 //! - [`upstream`]: the one HTTP client for shard servers and the manager; decodes their answers
 //!   into [`shardline::ApiError`]s and routes a call to a shard's primary, retrying once after
 //!   a failover ([`upstream::wait_for_primary`], [`upstream::after_first`]).
-//! - [`read`], [`write`], [`admin`], [`status`], [`health`]: one module per endpoint family,
+//! - [`read`], [`write`](mod@write), [`admin`], [`status`], [`health`]: one module per endpoint family,
 //!   each owning its validation (pure functions over the metadata and the body) and execution.
 //! - [`metrics`]: the Prometheus series and the `/metrics` route.
 //! - `openapi`: the OpenAPI document served at `/openapi.json`.

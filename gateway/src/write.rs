@@ -5,7 +5,7 @@
 //!
 //! A `/write` whose rows span several shards sends one group per shard, in parallel. When
 //! some group fails, the answer has the worst failure's status and this body
-//! ([`PartialFailure`]):
+//! (`PartialFailure`):
 //!
 //! ```json
 //! {"message": "partial write: 1 of 2 data entries added (shards sh1); not added: sh2: …",
