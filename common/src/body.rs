@@ -1,10 +1,17 @@
-//! `ApiJson<T>`: a JSON body extractor whose every rejection is a 400 (or 413) in the API's
-//! failure shape, with a message that names the offending field (via `serde_path_to_error`).
+//! Request bodies, for every binary's HTTP API:
+//!
+//! - [`ApiJson<T>`]: a JSON body extractor whose every rejection is a 400 (or 413) in the API's
+//!   failure shape, with a message that names the offending field (via `serde_path_to_error`).
+//! - Shape checks for bodies that cannot be plain serde structs because a field is named by
+//!   the schema (`Stud_id` in the assignment): [`object`], [`only_fields`], [`required`],
+//!   [`int`], each failing with a 400 that names the field; [`kind`] and [`some`] word
+//!   messages.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 
 use crate::ApiError;
 
@@ -51,6 +58,94 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+pub fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(msg.into())
+}
+
+/// The body as a JSON object.
+pub fn object(v: &Value) -> Result<&Map<String, Value>, ApiError> {
+    v.as_object().ok_or_else(|| {
+        bad(format!(
+            "request body must be a JSON object, got {}",
+            kind(v)
+        ))
+    })
+}
+
+/// Rejects fields outside `allowed`, naming them and what is expected.
+pub fn only_fields(
+    obj: &Map<String, Value>,
+    allowed: &[&str],
+    within: &str,
+) -> Result<(), ApiError> {
+    let unknown: Vec<String> = obj
+        .keys()
+        .filter(|k| !allowed.contains(&k.as_str()))
+        .map(|k| format!("`{}{k}`", prefix(within)))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let expected: Vec<String> = allowed
+        .iter()
+        .map(|k| format!("`{}{k}`", prefix(within)))
+        .collect();
+    Err(bad(format!(
+        "unknown field{} {}; expected {}",
+        if unknown.len() == 1 { "" } else { "s" },
+        unknown.join(", "),
+        expected.join(", ")
+    )))
+}
+
+fn prefix(within: &str) -> String {
+    if within.is_empty() {
+        String::new()
+    } else {
+        format!("{within}.")
+    }
+}
+
+/// A field that must be present; `within` names the enclosing field ("" at the top level).
+pub fn required<'a>(
+    obj: &'a Map<String, Value>,
+    within: &str,
+    field: &str,
+) -> Result<&'a Value, ApiError> {
+    obj.get(field)
+        .ok_or_else(|| bad(format!("missing field `{}{field}`", prefix(within))))
+}
+
+/// A key value: a JSON integer in the signed 64-bit range (no strings, no floats).
+pub fn int(field: &str, v: &Value) -> Result<i64, ApiError> {
+    crate::schema::parse_number(field, v).map_err(bad)
+}
+
+pub fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// At most `max` items of a list for a message, then how many were left out.
+pub fn some<T: std::fmt::Display>(items: &[T], max: usize) -> String {
+    let mut s = items
+        .iter()
+        .take(max)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > max {
+        s.push_str(&format!(" and {} more", items.len() - max));
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +171,23 @@ mod tests {
         assert!(e.message().contains("not valid JSON"), "{}", e.message());
         let e = decode::<Probe>(b"").unwrap_err();
         assert!(e.message().contains("empty"), "{}", e.message());
+    }
+
+    #[test]
+    fn shape_checks_name_the_field() {
+        let v = serde_json::json!({"Stud_id": {"low": 1}, "x": 1, "y": 2});
+        let obj = object(&v).unwrap();
+        let e = only_fields(obj, &["Stud_id"], "").unwrap_err();
+        assert_eq!(e.message(), "unknown fields `x`, `y`; expected `Stud_id`");
+        let range = object(&obj["Stud_id"]).unwrap();
+        let e = required(range, "Stud_id", "high").unwrap_err();
+        assert_eq!(e.message(), "missing field `Stud_id.high`");
+        let e = object(&serde_json::json!([1])).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "request body must be a JSON object, got an array"
+        );
+        assert!(int("k", &serde_json::json!(1.5)).is_err());
+        assert_eq!(some(&[1, 2, 3], 2), "1, 2 and 1 more");
     }
 }

@@ -131,10 +131,12 @@ pub type UpdateRequest = Keyed<i64>;
 /// `DELETE /del` on a shard's primary: `{"shard", "Stud_id": 5}`.
 pub type DeleteRequest = Keyed<i64>;
 
-/// The answer of a shard server's `/read`.
+/// The answer of a shard server's `/read`. The gateway decodes it with `R` =
+/// `&serde_json::value::RawValue`, which finds each row's bounds without parsing the rows
+/// (it splices them into its answer as they came).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReadResponse {
-    pub data: Vec<Json>,
+pub struct ReadResponse<R = Json> {
+    pub data: Vec<R>,
     pub status: Status,
 }
 

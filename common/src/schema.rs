@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
+use crate::body::kind;
 use crate::names::ColumnName;
 
 /// Longest accepted `String` value, in bytes, unless configured otherwise.
@@ -176,17 +177,6 @@ fn parse_cell(col: &str, d: Dtype, v: &Json, max_string_bytes: usize) -> Result<
             )),
             other => Err(format!("{col:?} must be a String, got {}", kind(other))),
         },
-    }
-}
-
-fn kind(v: &Json) -> &'static str {
-    match v {
-        Json::Null => "null",
-        Json::Bool(_) => "a boolean",
-        Json::Number(_) => "a number",
-        Json::String(_) => "a string",
-        Json::Array(_) => "an array",
-        Json::Object(_) => "an object",
     }
 }
 

@@ -30,9 +30,20 @@ pub async fn serve(
     app: axum::Router,
     drain: std::time::Duration,
 ) -> std::io::Result<()> {
+    serve_until(listener, app, drain, signal()).await
+}
+
+/// [`serve`], stopping when `stop` resolves instead of on a signal (in-process tests, or a
+/// binary's `run` that its `main` gives the signal).
+pub async fn serve_until(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    drain: std::time::Duration,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        signal().await;
+        stop.await;
         let _ = stop_tx.send(true);
     });
     let deadline = async move {

@@ -16,9 +16,9 @@ pub async fn healthz() -> Json<Value> {
 
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let topology = state.topology.borrow().clone();
-    let cluster = topology.cluster()?;
-    cluster.ready().map_err(ApiError::Unavailable)?;
+    let routing = topology.routing()?;
+    routing.ready()?;
     Ok(Json(
-        json!({"message": "ready", "revision": cluster.revision, "status": "success"}),
+        json!({"message": "ready", "revision": routing.revision, "status": "success"}),
     ))
 }

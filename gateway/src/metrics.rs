@@ -36,8 +36,13 @@ const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// Installs the process-wide recorder. Call once, before serving.
+/// Installs the process-wide recorder on first use and returns its handle; later calls (a
+/// second [`crate::run`] in one process, as in tests) get the same handle.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
     let handle = PrometheusBuilder::new()
         .set_buckets(BUCKETS)?
         .install_recorder()?;
@@ -60,7 +65,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "Requests re-sent after a primary refused or a replica failed"
     );
     shardline::telemetry::spawn_upkeep(&handle);
-    Ok(handle)
+    Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
 /// Counts and times every request under its route template.

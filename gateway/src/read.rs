@@ -11,16 +11,16 @@ use axum::Json;
 use bytes::Bytes;
 use hyper::Method;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
-use shardline::body::ApiJson;
+use serde_json::Value;
+use shardline::body::{bad, int, kind, object, only_fields, required, ApiJson};
+use shardline::internal::{KeyRange, ReadRequest, ReadResponse, ServerRows, Status};
 use shardline::meta::ClusterMeta;
-use shardline::names::{ServerName, ShardId};
+use shardline::names::{ColumnName, ServerName, ShardId};
 use shardline::ring::HashRing;
 use shardline::ApiError;
 
-use crate::body::{bad, int, kind, object, only_fields, required};
 use crate::router::AppState;
-use crate::topology::Cluster;
+use crate::topology::Routing;
 use crate::upstream::{self, CallError};
 
 /// How a read picks a shard's replica on the ring (`--read-policy`).
@@ -101,19 +101,19 @@ pub async fn read(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let topology = state.topology.borrow().clone();
-    let cluster = topology.cluster()?;
-    let plan = plan(&cluster.meta, &body)?;
-    let key = cluster.meta.schema.key();
+    let routing = topology.routing()?;
+    let plan = plan(&routing.meta, &body)?;
+    let key = crate::write::key_column(&routing.meta)?;
     let reads = plan
         .parts
         .iter()
-        .map(|part| read_part(&state, cluster, key, part, plan.consistency));
+        .map(|part| read_part(&state, routing, &key, part, plan.consistency));
     let answers = futures::future::try_join_all(reads).await?;
     // The servers' rows are spliced into the answer as they came, not decoded and
     // re-encoded: only their boundaries are parsed.
     let mut rows: Vec<&RawValue> = Vec::new();
     for (answer, part) in answers.iter().zip(&plan.parts) {
-        let parsed: RawRows = serde_json::from_slice(answer).map_err(|e| {
+        let parsed: ReadResponse<&RawValue> = serde_json::from_slice(answer).map_err(|e| {
             ApiError::Unavailable(format!(
                 "shard {}: the replica answered badly: {e}",
                 part.shard
@@ -145,39 +145,38 @@ pub async fn read(
     Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
 }
 
-/// A server's `/read` answer with each row left as raw JSON.
-#[derive(serde::Deserialize)]
-struct RawRows<'a> {
-    #[serde(borrow)]
-    data: Vec<&'a RawValue>,
-}
-
 /// Reads one shard's part from one replica; a replica that fails is replaced by the next live
 /// one on the ring, once.
 async fn read_part(
     state: &AppState,
-    cluster: &Cluster,
-    key: &str,
+    routing: &Routing,
+    key: &ColumnName,
     part: &ShardRange,
     consistency: Consistency,
 ) -> Result<Bytes, ApiError> {
     let shard = part.shard.as_str();
-    let mut range = Map::new();
-    range.insert("low".into(), part.low.into());
-    range.insert("high".into(), part.high.into());
-    let mut req = Map::new();
-    req.insert("shard".into(), shard.into());
-    req.insert(key.into(), Value::Object(range));
-    let req = Value::Object(req);
+    let req = upstream::encode(&ReadRequest {
+        shard: part.shard.clone(),
+        key: key.clone(),
+        value: KeyRange {
+            low: part.low,
+            high: part.high,
+        },
+        data: None,
+    })?;
 
+    // The primary's answer is passed on as it came, like a replica's. A read changes nothing,
+    // so a primary that did not answer leaves nothing in doubt: `unavailable`.
     if consistency == Consistency::Primary {
-        let answer = upstream::to_primary(state, shard, Method::POST, "/read", &req).await?;
-        return serde_json::to_vec(&answer).map(Bytes::from).map_err(|e| {
-            ApiError::Unavailable(format!("shard {shard}: primary answered badly: {e}"))
-        });
+        return upstream::to_primary(state, shard, Method::POST, "/read", req)
+            .await
+            .map_err(|e| match e {
+                ApiError::OutcomeUnknown(m) => ApiError::Unavailable(m),
+                e => e,
+            });
     }
 
-    let ring = cluster
+    let ring = routing
         .ring(shard)
         .ok_or_else(|| ApiError::Unavailable(format!("shard {shard} has no replica")))?;
     let (request_id, overflow) = match state.config.read_policy {
@@ -187,11 +186,11 @@ async fn read_part(
     let first = choose(
         ring,
         request_id,
-        |s| cluster.is_up(s.as_str()),
-        |s| cluster.reads_in_flight(s.as_str()) >= overflow,
+        |s| routing.is_up(s.as_str()),
+        |s| routing.reads_in_flight(s.as_str()) >= overflow,
     )
     .ok_or_else(|| ApiError::Unavailable(format!("shard {shard} has no live replica")))?;
-    let err = match fetch(state, cluster, first, &req).await {
+    let err = match fetch(state, routing, first, &req).await {
         Ok(rows) => return Ok(rows),
         Err(CallError::Status(e @ (ApiError::BadRequest(_) | ApiError::PayloadTooLarge(_)))) => {
             return Err(e)
@@ -200,10 +199,10 @@ async fn read_part(
     };
     tracing::debug!(shard, server = %first, error = ?err, "read failed; trying another replica");
     crate::metrics::retry(shard, "read_replica_failed");
-    let Some(second) = ring.pick(request_id, |s| s != first && cluster.is_up(s.as_str())) else {
+    let Some(second) = ring.pick(request_id, |s| s != first && routing.is_up(s.as_str())) else {
         return Err(read_error(shard, first, err));
     };
-    fetch(state, cluster, second, &req)
+    fetch(state, routing, second, &req)
         .await
         .map_err(|e| read_error(shard, second, e))
 }
@@ -222,19 +221,19 @@ fn choose(
 
 async fn fetch(
     state: &AppState,
-    cluster: &Cluster,
+    routing: &Routing,
     server: &ServerName,
-    req: &Value,
+    req: &Bytes,
 ) -> Result<Bytes, CallError> {
-    let target = cluster
+    let target = routing
         .target(server.as_str())
         .ok_or_else(|| CallError::Connect(format!("server {server} has no address")))?;
-    let _in_flight = cluster.start_read(server.as_str());
-    upstream::call_raw(
+    let _in_flight = routing.start_read(server.as_str());
+    upstream::call(
         &state.upstream,
         Method::POST,
         target.uri("/read"),
-        Some(req),
+        Some(req.clone()),
     )
     .await
 }
@@ -248,19 +247,20 @@ fn read_error(shard: &str, server: &ServerName, e: CallError) -> ApiError {
     }
 }
 
-/// Every row of every shard `server` holds, read from that server.
+/// Every row of every shard `server` holds, read from that server: its `/read_all` answer,
+/// in the same shape.
 pub async fn read_server(
     State(state): State<Arc<AppState>>,
     server: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ServerRows>, ApiError> {
     // A percent-encoding that is not UTF-8 gets the API's JSON 400, not axum's plain text.
     let Path(server) = server.map_err(|e| bad(format!("invalid server name in the path: {e}")))?;
     let topology = state.topology.borrow().clone();
-    let cluster = topology.cluster()?;
-    let target = cluster
+    let routing = topology.routing()?;
+    let target = routing
         .target(&server)
         .ok_or_else(|| ApiError::NotFound(format!("server {server} not found")))?;
-    let mut answer = upstream::call(&state.upstream, Method::GET, target.uri("/read_all"), None)
+    let answer = upstream::call(&state.upstream, Method::GET, target.uri("/read_all"), None)
         .await
         .map_err(|e| match e {
             CallError::Connect(e) | CallError::Transport(e) => {
@@ -268,11 +268,10 @@ pub async fn read_server(
             }
             CallError::Status(e) => e,
         })?;
-    let obj = answer.as_object_mut().ok_or_else(|| {
-        ApiError::Unavailable(format!("server {server} answered with a non-object"))
-    })?;
-    obj.insert("status".into(), "success".into());
-    Ok(Json(answer))
+    let mut rows: ServerRows = upstream::decode(&answer)
+        .map_err(|e| ApiError::Unavailable(format!("server {server}'s answer {e}")))?;
+    rows.status = Status::Success;
+    Ok(Json(rows))
 }
 
 #[cfg(test)]

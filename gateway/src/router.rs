@@ -1,5 +1,6 @@
-//! The shared state of every handler and the route table. Unknown routes and wrong methods
-//! answer in the API's JSON failure shape.
+//! The shared state of every handler and the route table. Unknown routes (`not_found`) and
+//! wrong methods (405, which has no error code of its own) answer in the API's JSON failure
+//! shape.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
+use shardline::ApiError;
 
 use crate::topology::TopologyRx;
 use crate::{admin, health, metrics, openapi, read, status, write, Config};
@@ -56,13 +58,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn no_route(method: Method, uri: Uri) -> impl IntoResponse {
-    (
-        StatusCode::NOT_FOUND,
-        Json(
-            json!({"message": format!("no route for {method} {}", uri.path()), "status": "failure"}),
-        ),
-    )
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {method} {}", uri.path()))
 }
 
 async fn wrong_method(method: Method, uri: Uri) -> impl IntoResponse {

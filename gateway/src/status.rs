@@ -31,7 +31,7 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Result<Json<Value>, A
             json!({"N": 0, "shards": [], "servers": {}, "status": "success"}),
         ));
     }
-    let meta = &topology.cluster()?.meta;
+    let meta = &topology.routing()?.meta;
     let js = &state.jetstream;
     let replicas: Vec<(&ServerName, &ShardId)> = meta
         .servers

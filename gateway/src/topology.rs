@@ -1,24 +1,21 @@
-//! The gateway's view of the cluster: a snapshot of the [`ClusterMeta`] stored under key
-//! `cluster` of the KV bucket `shardline_meta`, plus one read ring per shard. A background
-//! task follows the key with a KV watch and publishes each new snapshot on a
-//! `tokio::sync::watch` channel, so handlers read it without locking and a write waiting for a
-//! failover can wait for the next change. The gateway never creates the bucket or writes the
-//! key: only the manager does; until the bucket exists the task keeps retrying.
+//! The gateway's view of the cluster, one snapshot per metadata revision: the [`ClusterMeta`]
+//! stored under key `cluster` of the KV bucket `shardline_meta`, plus what routing needs
+//! prepared once rather than per request (a read ring per shard, each server's parsed
+//! address and its reads in flight). [`shardline::watch::follow`] delivers the revisions;
+//! handlers read the latest snapshot from the `tokio::sync::watch` channel without locking,
+//! and a write waiting for a failover waits for the next change on it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context as _;
 use async_nats::jetstream;
-use async_nats::jetstream::kv::{Entry, Operation};
-use futures::StreamExt;
 use hyper::http::uri::Authority;
 use hyper::Uri;
-use shardline::meta::{ClusterMeta, Health, META_BUCKET, META_KEY};
+use shardline::meta::{ClusterMeta, Health, META_BUCKET};
 use shardline::names::ServerName;
 use shardline::ring::{HashRing, RingHash};
+use shardline::watch::{Stored, Update};
 use shardline::ApiError;
 use tokio::sync::watch;
 
@@ -29,12 +26,12 @@ pub enum Topology {
     Loading,
     /// The bucket exists but holds no `cluster` key: nobody has called /init.
     Unconfigured,
-    Configured(Box<Cluster>),
+    Configured(Box<Routing>),
 }
 
 impl Topology {
-    /// The configured cluster, or the 503 a data endpoint answers without one.
-    pub fn cluster(&self) -> Result<&Cluster, ApiError> {
+    /// The configured cluster's routing view, or the 503 a data endpoint answers without one.
+    pub fn routing(&self) -> Result<&Routing, ApiError> {
         match self {
             Topology::Configured(c) => Ok(c),
             Topology::Unconfigured => Err(ApiError::Unavailable(
@@ -47,9 +44,10 @@ impl Topology {
     }
 }
 
-/// A configured cluster: its metadata and a read ring per shard over the shard's replicas.
+/// How to route requests at one metadata revision: the metadata, a read ring per shard over
+/// its replicas, and each server's parsed address.
 #[derive(Debug)]
-pub struct Cluster {
+pub struct Routing {
     pub meta: ClusterMeta,
     /// KV revision this snapshot was read at.
     pub revision: u64,
@@ -96,8 +94,8 @@ impl Target {
     }
 }
 
-impl Cluster {
-    pub fn new(meta: ClusterMeta, revision: u64, hash: RingHash) -> Cluster {
+impl Routing {
+    pub fn new(meta: ClusterMeta, revision: u64, hash: RingHash) -> Routing {
         let rings = meta
             .shards
             .iter()
@@ -126,7 +124,7 @@ impl Cluster {
                 }
             })
             .collect();
-        Cluster {
+        Routing {
             meta,
             revision,
             rings,
@@ -173,12 +171,20 @@ impl Cluster {
     }
 
     /// Every shard has a primary that is a known server marked up.
-    pub fn ready(&self) -> Result<(), String> {
+    pub fn ready(&self) -> Result<(), ApiError> {
         for s in &self.meta.shards {
             match self.primary(s.id.as_str()) {
-                None => return Err(format!("shard {} has no primary", s.id)),
+                None => {
+                    return Err(ApiError::NoPrimary(format!(
+                        "shard {} has no primary",
+                        s.id
+                    )))
+                }
                 Some(p) if !self.is_up(p.name.as_str()) => {
-                    return Err(format!("shard {}: primary {} is not up", s.id, p.name))
+                    return Err(ApiError::Unavailable(format!(
+                        "shard {}: primary {} is not up",
+                        s.id, p.name
+                    )))
                 }
                 Some(_) => {}
             }
@@ -191,124 +197,53 @@ pub type TopologyRx = watch::Receiver<Arc<Topology>>;
 
 /// Starts following the metadata key; the receiver always holds the latest snapshot.
 pub fn spawn(js: jetstream::Context, hash: RingHash) -> TopologyRx {
-    let (tx, rx) = watch::channel(Arc::new(Topology::Loading));
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(200);
-        // Failures are expected while NATS or the manager start up: warn at most every 30 s.
-        let mut last_warning: Option<tokio::time::Instant> = None;
-        loop {
-            match follow(&js, hash, &tx, &mut backoff).await {
-                Ok(()) => tracing::warn!("metadata watch ended; restarting it"),
-                Err(e) => {
-                    let loud = last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(30));
-                    if loud {
-                        last_warning = Some(tokio::time::Instant::now());
-                        tracing::warn!(
-                            error = format!("{e:#}"),
-                            "cluster metadata not available; retrying"
-                        );
-                    } else {
-                        tracing::debug!(error = format!("{e:#}"), "cluster metadata not available");
-                    }
-                }
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
-            if tx.is_closed() {
-                return;
-            }
-        }
-    });
-    rx
+    shardline::watch::follow(js, Arc::new(Topology::Loading), move |update, current| {
+        next(update, hash, current).map(Arc::new)
+    })
 }
 
-/// Follows the key until the watch fails. Returns `Ok` when the watch stream ends.
-async fn follow(
-    js: &jetstream::Context,
-    hash: RingHash,
-    tx: &watch::Sender<Arc<Topology>>,
-    backoff: &mut Duration,
-) -> anyhow::Result<()> {
-    let kv = js
-        .get_key_value(META_BUCKET)
-        .await
-        .with_context(|| format!("opening KV bucket {META_BUCKET}"))?;
-    // Watch first, then read: an update between the two is seen twice, never missed.
-    let mut updates = kv
-        .watch_with_history(META_KEY)
-        .await
-        .with_context(|| format!("watching key {META_KEY}"))?;
-    let mut revision = 0;
-    match kv
-        .entry(META_KEY)
-        .await
-        .with_context(|| format!("reading key {META_KEY}"))?
-    {
-        Some(entry) => apply(entry, hash, tx, &mut revision),
-        None => publish(tx, Topology::Unconfigured, &mut revision, 0),
-    }
-    *backoff = Duration::from_millis(200);
-    while let Some(entry) = updates.next().await {
-        let entry = entry.context("metadata watch failed")?;
-        apply(entry, hash, tx, &mut revision);
-    }
-    Ok(())
-}
-
-fn apply(entry: Entry, hash: RingHash, tx: &watch::Sender<Arc<Topology>>, revision: &mut u64) {
-    if entry.revision <= *revision {
-        return;
-    }
-    match entry.operation {
-        Operation::Delete | Operation::Purge => {
-            publish(tx, Topology::Unconfigured, revision, entry.revision)
+/// The snapshot after `update`, or `None` to keep routing with `current`.
+fn next(update: Update, hash: RingHash, current: &Topology) -> Option<Topology> {
+    let revision = update.revision;
+    match update.stored {
+        Stored::Absent => {
+            tracing::info!(revision, "cluster is not configured");
+            Some(Topology::Unconfigured)
         }
-        Operation::Put => match serde_json::from_slice::<ClusterMeta>(&entry.value) {
-            // `Schema::key()` indexes the first column: never accept a document without one.
-            Ok(meta) if meta.schema.columns.is_empty() => tracing::error!(
-                revision = entry.revision,
+        // Keep routing with the last good snapshot rather than dropping the cluster.
+        Stored::Undecodable => {
+            tracing::error!(revision, "keeping the previous cluster metadata snapshot");
+            None
+        }
+        // `Schema::key()` indexes the first column: never accept a document without one.
+        Stored::Meta(meta) if meta.schema.columns.is_empty() => {
+            tracing::error!(
+                revision,
                 "cluster metadata has an empty schema; keeping the previous snapshot"
-            ),
-            Ok(mut meta) => {
-                meta.sort_shards();
-                let cluster = Cluster::new(meta, entry.revision, hash);
-                publish(
-                    tx,
-                    Topology::Configured(Box::new(cluster)),
-                    revision,
-                    entry.revision,
-                )
-            }
-            // Keep routing with the last good snapshot rather than dropping the cluster.
-            Err(e) => tracing::error!(
-                revision = entry.revision,
-                error = %e,
-                "cluster metadata does not decode; keeping the previous snapshot"
-            ),
-        },
-    }
-}
-
-fn publish(tx: &watch::Sender<Arc<Topology>>, t: Topology, revision: &mut u64, new: u64) {
-    match (&t, &**tx.borrow()) {
-        // The manager rewrites the key for progress reports too; log only what changes routing.
-        (Topology::Configured(c), Topology::Configured(old))
-            if same_routing(&c.meta, &old.meta) =>
-        {
-            tracing::debug!(revision = new, "cluster metadata updated")
+            );
+            None
         }
-        (Topology::Configured(c), _) => tracing::info!(
-            revision = new,
-            shards = c.meta.shards.len(),
-            servers = c.meta.servers.len(),
-            primaries = %primaries(&c.meta),
-            "cluster metadata updated"
-        ),
-        (Topology::Unconfigured, _) => tracing::info!(revision = new, "cluster is not configured"),
-        (Topology::Loading, _) => {}
+        Stored::Meta(mut meta) => {
+            meta.sort_shards();
+            match current {
+                // The manager rewrites the key for progress reports too; log only what
+                // changes routing.
+                Topology::Configured(old) if same_routing(&meta, &old.meta) => {
+                    tracing::debug!(revision, "cluster metadata updated")
+                }
+                _ => tracing::info!(
+                    revision,
+                    shards = meta.shards.len(),
+                    servers = meta.servers.len(),
+                    primaries = %primaries(&meta),
+                    "cluster metadata updated"
+                ),
+            }
+            Some(Topology::Configured(Box::new(Routing::new(
+                meta, revision, hash,
+            ))))
+        }
     }
-    *revision = new;
-    tx.send_replace(Arc::new(t));
 }
 
 /// Same shards, primaries, terms, servers, addresses and health.
@@ -329,4 +264,44 @@ fn primaries(meta: &ClusterMeta) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::write::tests::a1;
+
+    fn update(revision: u64, stored: Stored) -> Update {
+        Update { revision, stored }
+    }
+
+    #[test]
+    fn each_revision_becomes_a_snapshot_or_keeps_the_last_good_one() {
+        let hash = RingHash::Mixed;
+        let t = next(update(0, Stored::Absent), hash, &Topology::Loading).unwrap();
+        assert!(matches!(t, Topology::Unconfigured));
+        assert!(t.routing().unwrap_err().message().contains("POST /init"));
+
+        let mut meta = a1();
+        meta.shards.reverse();
+        let t = next(update(7, Stored::Meta(meta)), hash, &t).unwrap();
+        let routing = t.routing().unwrap();
+        assert_eq!(routing.revision, 7);
+        // Shards sorted by range, a ring for each.
+        assert_eq!(routing.meta.shards[0].id.as_str(), "sh1");
+        assert!(routing.ring("sh4").is_some());
+        let e = routing.ready().unwrap_err();
+        assert_eq!(e.code(), shardline::ErrorCode::NoPrimary);
+        assert_eq!(e.message(), "shard sh1 has no primary");
+
+        // A value that does not decode, or a schema without columns: routing goes on.
+        assert!(next(update(8, Stored::Undecodable), hash, &t).is_none());
+        let mut empty = a1();
+        empty.schema.columns.clear();
+        assert!(next(update(9, Stored::Meta(empty)), hash, &t).is_none());
+
+        // Torn down.
+        let gone = next(update(10, Stored::Absent), hash, &t).unwrap();
+        assert!(matches!(gone, Topology::Unconfigured));
+    }
 }

@@ -1,7 +1,10 @@
 //! Calls from the gateway to shard servers and the manager: pooled HTTP clients, decoding
-//! of their answers (a failure body becomes the same [`ApiError`] the server meant), and
-//! routing of a request to a shard's primary with one retry after a failover.
+//! of their answers (a failure body becomes the same [`ApiError`] the server meant, code
+//! included), and routing of a request to a shard's primary with one retry after a failover.
+//! The retry logic is pure over the call results ([`after_first`], [`after_second`]) and the
+//! metadata channel ([`wait_for_primary`]), so it is tested in-process with paused time.
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,7 +14,9 @@ use hyper::{Method, Request, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as LegacyClient;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
 use shardline::names::ServerName;
 use shardline::ApiError;
 use tokio::time::Instant;
@@ -61,36 +66,31 @@ pub enum CallError {
     Status(ApiError),
 }
 
-/// Sends one request with an optional JSON body and decodes a JSON answer.
+/// Encodes a request body once (a retry re-sends the same bytes).
+pub fn encode<B: Serialize + ?Sized>(body: &B) -> Result<Bytes, ApiError> {
+    serde_json::to_vec(body)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::Internal(format!("cannot encode the request: {e}")))
+}
+
+/// Decodes a successful answer with its `internal` type; the error completes "the answer …".
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("does not decode: {e}"))
+}
+
+/// Sends one request with an optional JSON body and returns a successful answer's bytes
+/// undecoded (the caller decodes them, or passes them on).
 pub async fn call(
     http: &Client,
     method: Method,
     uri: Uri,
-    body: Option<&Value>,
-) -> Result<Value, CallError> {
-    let bytes = call_raw(http, method, uri, body).await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(json!({}));
-    }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| CallError::Transport(format!("the answer is not valid JSON: {e}")))
-}
-
-/// Sends one request with an optional JSON body and returns a successful answer's bytes
-/// undecoded (for answers the gateway only passes on).
-pub async fn call_raw(
-    http: &Client,
-    method: Method,
-    uri: Uri,
-    body: Option<&Value>,
+    body: Option<Bytes>,
 ) -> Result<Bytes, CallError> {
     let mut req = Request::builder().method(method).uri(uri);
     let body = match body {
-        Some(body) => {
+        Some(json) => {
             req = req.header(CONTENT_TYPE, "application/json");
-            let json = serde_json::to_vec(body)
-                .map_err(|e| CallError::Connect(format!("cannot encode the request: {e}")))?;
-            Full::new(Bytes::from(json))
+            Full::new(json)
         }
         None => Full::default(),
     };
@@ -166,53 +166,119 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-/// Sends `body` to the primary of `shard`. When the primary refuses (421: it is not, or not
-/// yet, the primary) or cannot be reached, waits a bounded time for the metadata to name
-/// another primary and tries once more. A request that was sent but got no answer is not
-/// retried: it may have been committed, and a second attempt could report a false conflict.
+/// Sends `body` (encoded by [`encode`]) to the primary of `shard` and returns its answer's
+/// bytes. When the primary refuses (421: it is not, or not yet, the primary) or cannot be
+/// reached, waits a bounded time for the metadata to name another primary and tries once more
+/// ([`failover`]).
 pub async fn to_primary(
     state: &AppState,
     shard: &str,
     method: Method,
     path: &str,
-    body: &Value,
-) -> Result<Value, ApiError> {
-    let mut rx = state.topology.clone();
-    let wait = state.config.failover_wait();
-    let current = rx.borrow_and_update().cluster()?.primary(shard);
+    body: Bytes,
+) -> Result<Bytes, ApiError> {
+    let send = |target: Target| {
+        call(
+            &state.upstream,
+            method.clone(),
+            target.uri(path),
+            Some(body.clone()),
+        )
+    };
+    failover(
+        state.topology.clone(),
+        shard,
+        state.config.failover_wait(),
+        send,
+    )
+    .await
+}
+
+/// The attempts of [`to_primary`], with the sending left to `send` (so the sequence can be
+/// tested without a network): the current primary, then, if [`after_first`] says so, the
+/// one [`wait_for_primary`] finds within `wait`.
+pub async fn failover<F, Fut>(
+    mut rx: TopologyRx,
+    shard: &str,
+    wait: Duration,
+    mut send: F,
+) -> Result<Bytes, ApiError>
+where
+    F: FnMut(Target) -> Fut,
+    Fut: Future<Output = Result<Bytes, CallError>>,
+{
+    let current = rx.borrow_and_update().routing()?.primary(shard);
     let first = match current {
         Some(t) => t,
         None => wait_for_primary(&mut rx, shard, None, None, wait).await?,
     };
-    let hint = match call(&state.upstream, method.clone(), first.uri(path), Some(body)).await {
-        Ok(v) => return Ok(v),
-        Err(CallError::Status(ApiError::NotPrimary { message, primary })) => {
-            tracing::debug!(shard, server = %first.name, %message, "not the primary; retrying");
-            crate::metrics::retry(shard, "not_primary");
-            primary
+    let hint = match after_first(shard, &first.name, send(first.clone()).await) {
+        Next::Done(answer) => return answer,
+        Next::Retry { hint, reason } => {
+            crate::metrics::retry(shard, reason);
+            hint
         }
-        Err(CallError::Connect(e)) => {
-            tracing::debug!(shard, server = %first.name, error = %e, "primary unreachable; retrying");
-            crate::metrics::retry(shard, "primary_unreachable");
-            None
-        }
-        Err(CallError::Transport(e)) => return Err(unknown_outcome(shard, &first.name, &e)),
-        Err(CallError::Status(e)) => return Err(e),
     };
     let second = wait_for_primary(&mut rx, shard, Some(&first.name), hint, wait).await?;
-    match call(&state.upstream, method, second.uri(path), Some(body)).await {
-        Ok(v) => Ok(v),
+    after_second(shard, &second.name, send(second.clone()).await)
+}
+
+/// What to do after the first attempt at a shard's primary.
+#[derive(Debug)]
+pub enum Next {
+    /// The answer is final: a success, or a failure to pass on.
+    Done(Result<Bytes, ApiError>),
+    /// The request certainly reached no primary: send it again to another one, preferring
+    /// `hint` (the primary named by a refusing server). `reason` labels the retry metric.
+    Retry {
+        hint: Option<String>,
+        reason: &'static str,
+    },
+}
+
+/// The retry decision: retry only when the request certainly was not applied (a 421
+/// refusal, or no connection made). A request that was sent but got no answer is never
+/// retried: it may have been committed, and a second attempt could report a false conflict.
+pub fn after_first(shard: &str, server: &ServerName, result: Result<Bytes, CallError>) -> Next {
+    match result {
+        Ok(answer) => Next::Done(Ok(answer)),
+        Err(CallError::Status(ApiError::NotPrimary { message, primary })) => {
+            tracing::debug!(shard, %server, %message, "not the primary; retrying");
+            Next::Retry {
+                hint: primary,
+                reason: "not_primary",
+            }
+        }
+        Err(CallError::Connect(e)) => {
+            tracing::debug!(shard, %server, error = %e, "primary unreachable; retrying");
+            Next::Retry {
+                hint: None,
+                reason: "primary_unreachable",
+            }
+        }
+        Err(CallError::Transport(e)) => Next::Done(Err(unknown_outcome(shard, server, &e))),
+        Err(CallError::Status(e)) => Next::Done(Err(e)),
+    }
+}
+
+/// The answer after the second (last) attempt: a refusal or a connection never made is
+/// `unavailable` (certainly not applied), no answer is `outcome_unknown`.
+pub fn after_second(
+    shard: &str,
+    server: &ServerName,
+    result: Result<Bytes, CallError>,
+) -> Result<Bytes, ApiError> {
+    match result {
+        Ok(answer) => Ok(answer),
         Err(CallError::Status(ApiError::NotPrimary { message, .. })) => {
             Err(ApiError::Unavailable(format!(
-                "shard {shard}: {} refused as not the primary ({message}); an election may be in progress, retry later",
-                second.name
+                "shard {shard}: {server} refused as not the primary ({message}); an election may be in progress, retry later"
             )))
         }
         Err(CallError::Connect(e)) => Err(ApiError::Unavailable(format!(
-            "shard {shard}: primary {} is unreachable: {e}",
-            second.name
+            "shard {shard}: primary {server} is unreachable: {e}"
         ))),
-        Err(CallError::Transport(e)) => Err(unknown_outcome(shard, &second.name, &e)),
+        Err(CallError::Transport(e)) => Err(unknown_outcome(shard, server, &e)),
         Err(CallError::Status(e)) => Err(e),
     }
 }
@@ -225,8 +291,9 @@ fn unknown_outcome(shard: &str, server: &ServerName, e: &str) -> ApiError {
 
 /// The shard's primary once the metadata names one other than `avoid`, waiting at most
 /// `wait`. If the metadata does not move in time, falls back to `hint` (the primary named by
-/// a refusing server) and then to whatever primary the metadata names.
-async fn wait_for_primary(
+/// a refusing server) and then to whatever primary the metadata names; `no_primary` when it
+/// names none.
+pub async fn wait_for_primary(
     rx: &mut TopologyRx,
     shard: &str,
     avoid: Option<&ServerName>,
@@ -235,7 +302,7 @@ async fn wait_for_primary(
 ) -> Result<Target, ApiError> {
     let deadline = Instant::now() + wait;
     loop {
-        let found = rx.borrow_and_update().cluster()?.primary(shard);
+        let found = rx.borrow_and_update().routing()?.primary(shard);
         if let Some(p) = found.filter(|p| Some(&p.name) != avoid) {
             return Ok(p);
         }
@@ -245,14 +312,290 @@ async fn wait_for_primary(
         }
     }
     let topology = rx.borrow().clone();
-    let cluster = topology.cluster()?;
+    let routing = topology.routing()?;
     if let Some(h) = hint
-        .and_then(|h| cluster.target(&h))
+        .and_then(|h| routing.target(&h))
         .filter(|h| Some(&h.name) != avoid)
     {
         return Ok(h);
     }
-    cluster
+    routing
         .primary(shard)
-        .ok_or_else(|| ApiError::Unavailable(format!("shard {shard} has no primary")))
+        .ok_or_else(|| ApiError::NoPrimary(format!("shard {shard} has no primary")))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The failover logic in-process: the metadata channel is a plain `tokio::sync::watch`
+    //! channel the test publishes on, time is paused (it advances only when every task
+    //! waits), and the shard servers are a closure answering from a script.
+
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    use shardline::meta::{ClusterMeta, Health, ServerMeta};
+    use shardline::names::ShardId;
+    use shardline::ring::RingHash;
+    use shardline::ErrorCode;
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::topology::{Routing, Topology};
+
+    const WAIT: Duration = Duration::from_secs(2);
+
+    fn name(s: &str) -> ServerName {
+        ServerName::parse(s).unwrap()
+    }
+
+    /// The A1 layout on Server0..2, each holding sh1, with sh1's primary `primary`.
+    fn meta(primary: Option<&str>) -> ClusterMeta {
+        let mut m = crate::write::tests::a1();
+        for (i, n) in ["Server0", "Server1", "Server2"].into_iter().enumerate() {
+            m.servers.insert(
+                name(n),
+                ServerMeta {
+                    addr: format!("127.0.0.1:{}", 9000 + i),
+                    shards: vec![ShardId::parse("sh1").unwrap()],
+                    health: Health::Up,
+                    applied: Default::default(),
+                },
+            );
+        }
+        m.shards[0].primary = primary.map(name);
+        m
+    }
+
+    fn configured(primary: Option<&str>, revision: u64) -> Arc<Topology> {
+        let routing = Routing::new(meta(primary), revision, RingHash::Mixed);
+        Arc::new(Topology::Configured(Box::new(routing)))
+    }
+
+    fn channel(primary: Option<&str>) -> (watch::Sender<Arc<Topology>>, TopologyRx) {
+        watch::channel(configured(primary, 1))
+    }
+
+    /// Publishes each `(after, primary)` in turn, `after` counted from the previous one.
+    fn publish_later(tx: watch::Sender<Arc<Topology>>, steps: Vec<(u64, Option<&'static str>)>) {
+        tokio::spawn(async move {
+            for (revision, (after, primary)) in (2..).zip(steps) {
+                tokio::time::sleep(Duration::from_millis(after)).await;
+                tx.send_replace(configured(primary, revision));
+            }
+            // Keep the channel open: a closed one ends the wait early.
+            std::future::pending::<()>().await;
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn returns_as_soon_as_another_primary_is_named() {
+        let (tx, mut rx) = channel(Some("Server0"));
+        // A revision that keeps the avoided primary does not end the wait.
+        publish_later(tx, vec![(300, Some("Server0")), (200, Some("Server1"))]);
+        let start = Instant::now();
+        let avoid = name("Server0");
+        let p = wait_for_primary(&mut rx, "sh1", Some(&avoid), None, WAIT)
+            .await
+            .unwrap();
+        assert_eq!(p.name, name("Server1"));
+        assert_eq!(p.authority.as_str(), "127.0.0.1:9001");
+        assert_eq!(start.elapsed(), Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_named_primary_is_taken_at_once() {
+        let (_tx, mut rx) = channel(Some("Server2"));
+        let start = Instant::now();
+        let p = wait_for_primary(&mut rx, "sh1", None, None, WAIT)
+            .await
+            .unwrap();
+        assert_eq!(p.name, name("Server2"));
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_deadline_falls_back_to_the_hint_then_the_current_primary() {
+        let (_tx, mut rx) = channel(Some("Server0"));
+        let avoid = name("Server0");
+        let start = Instant::now();
+        let p = wait_for_primary(&mut rx, "sh1", Some(&avoid), Some("Server2".into()), WAIT)
+            .await
+            .unwrap();
+        assert_eq!(p.name, name("Server2"));
+        assert_eq!(start.elapsed(), WAIT);
+        // No hint, an unknown one, or the avoided server itself: the metadata's primary.
+        for hint in [None, Some("Server9"), Some("Server0")] {
+            let start = Instant::now();
+            let p = wait_for_primary(&mut rx, "sh1", Some(&avoid), hint.map(Into::into), WAIT)
+                .await
+                .unwrap();
+            assert_eq!(p.name, avoid, "hint {hint:?}");
+            assert_eq!(start.elapsed(), WAIT);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_primary_until_the_deadline_is_no_primary() {
+        let (_tx, mut rx) = channel(None);
+        let start = Instant::now();
+        let e = wait_for_primary(&mut rx, "sh1", None, None, WAIT)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::NoPrimary);
+        assert_eq!(e.message(), "shard sh1 has no primary");
+        assert_eq!(start.elapsed(), WAIT);
+
+        // Elected meanwhile: taken when the metadata says so.
+        let (tx, mut rx) = channel(None);
+        publish_later(tx, vec![(100, Some("Server1"))]);
+        let start = Instant::now();
+        let p = wait_for_primary(&mut rx, "sh1", None, None, WAIT)
+            .await
+            .unwrap();
+        assert_eq!(p.name, name("Server1"));
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unconfigured_cluster_is_unavailable() {
+        let (_tx, mut rx) = watch::channel(Arc::new(Topology::Unconfigured));
+        let e = wait_for_primary(&mut rx, "sh1", None, None, WAIT)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Unavailable);
+        assert!(e.message().contains("POST /init"), "{e}");
+    }
+
+    fn not_primary(hint: Option<&str>) -> Result<Bytes, CallError> {
+        Err(CallError::Status(ApiError::NotPrimary {
+            message: "not the primary".into(),
+            primary: hint.map(Into::into),
+        }))
+    }
+
+    #[test]
+    fn retry_only_what_certainly_reached_no_primary() {
+        let s = name("Server0");
+        let retry = |r| match after_first("sh1", &s, r) {
+            Next::Retry { hint, reason } => Some((hint, reason)),
+            Next::Done(_) => None,
+        };
+        assert_eq!(
+            retry(not_primary(Some("Server1"))),
+            Some((Some("Server1".into()), "not_primary"))
+        );
+        assert_eq!(
+            retry(Err(CallError::Connect("refused".into()))),
+            Some((None, "primary_unreachable"))
+        );
+        // Sent, no answer: may have been committed, never sent again.
+        match after_first("sh1", &s, Err(CallError::Transport("reset".into()))) {
+            Next::Done(Err(e)) => {
+                assert_eq!(e.code(), ErrorCode::OutcomeUnknown);
+                assert_eq!(
+                    e.message(),
+                    "shard sh1: primary Server0 did not answer (reset); the request may or may not have been applied"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // A server's own failure is the answer, code kept.
+        let dup = Err(CallError::Status(ApiError::Duplicate("dup".into())));
+        match after_first("sh1", &s, dup) {
+            Next::Done(Err(e)) => assert_eq!(e.code(), ErrorCode::DuplicateKey),
+            other => panic!("{other:?}"),
+        }
+        match after_first("sh1", &s, Ok(Bytes::from_static(b"{}"))) {
+            Next::Done(Ok(b)) => assert_eq!(&b[..], b"{}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_last_attempt_says_whether_anything_was_applied() {
+        let s = name("Server1");
+        let e = after_second("sh1", &s, not_primary(None)).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Unavailable);
+        assert!(e.message().starts_with(
+            "shard sh1: Server1 refused as not the primary (not the primary); an election"
+        ));
+        let e = after_second("sh1", &s, Err(CallError::Connect("refused".into()))).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Unavailable);
+        assert_eq!(
+            e.message(),
+            "shard sh1: primary Server1 is unreachable: refused"
+        );
+        let e = after_second("sh1", &s, Err(CallError::Transport("timeout".into()))).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::OutcomeUnknown);
+    }
+
+    /// Runs [`failover`] against scripted answers; returns its result, the servers it sent to
+    /// and how long it took.
+    async fn script(
+        rx: TopologyRx,
+        answers: Vec<Result<Bytes, CallError>>,
+    ) -> (Result<Bytes, ApiError>, Vec<ServerName>, Duration) {
+        let answers = Mutex::new(VecDeque::from(answers));
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let send = |t: Target| {
+            sent.lock().unwrap().push(t.name);
+            let answer = answers
+                .lock()
+                .unwrap()
+                .pop_front()
+                .expect("an unscripted call");
+            async move { answer }
+        };
+        let start = Instant::now();
+        let result = failover(rx, "sh1", WAIT, send).await;
+        let sent = sent.lock().unwrap().clone();
+        (result, sent, start.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_write_goes_to_the_new_primary_once_the_metadata_names_it() {
+        let (tx, rx) = channel(Some("Server0"));
+        publish_later(tx, vec![(150, Some("Server2"))]);
+        let ok = Ok(Bytes::from_static(b"{}"));
+        let (result, sent, took) = script(rx, vec![not_primary(Some("Server1")), ok]).await;
+        assert!(result.is_ok());
+        // The metadata beats the refusing server's hint.
+        assert_eq!(sent, [name("Server0"), name("Server2")]);
+        assert_eq!(took, Duration::from_millis(150));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_new_primary_the_hint_gets_the_retry_at_the_deadline() {
+        let (_tx, rx) = channel(Some("Server0"));
+        let (result, sent, took) = script(
+            rx,
+            vec![
+                not_primary(Some("Server1")),
+                Err(CallError::Connect("refused".into())),
+            ],
+        )
+        .await;
+        assert_eq!(result.unwrap_err().code(), ErrorCode::Unavailable);
+        assert_eq!(sent, [name("Server0"), name("Server1")]);
+        assert_eq!(took, WAIT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_without_an_answer_is_not_sent_again() {
+        let (_tx, rx) = channel(Some("Server0"));
+        let (result, sent, took) =
+            script(rx, vec![Err(CallError::Transport("reset".into()))]).await;
+        assert_eq!(result.unwrap_err().code(), ErrorCode::OutcomeUnknown);
+        assert_eq!(sent, [name("Server0")]);
+        assert_eq!(took, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shard_without_a_primary_waits_for_one_then_gives_up() {
+        let (_tx, rx) = channel(None);
+        let (result, sent, took) = script(rx, vec![]).await;
+        assert_eq!(result.unwrap_err().code(), ErrorCode::NoPrimary);
+        assert!(sent.is_empty());
+        assert_eq!(took, WAIT);
+    }
 }

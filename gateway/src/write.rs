@@ -1,6 +1,23 @@
 //! `POST /write`, `PUT /update`, `DELETE /del`: validated here in full (nothing reaches a
 //! server for a rejected request), then sent to each shard's primary, which commits through
-//! the WAL before answering.
+//! the WAL before answering. The bodies sent are [`shardline::internal`]'s `WriteRequest`,
+//! `UpdateRequest` and `DeleteRequest`; the primary answers a [`Done`].
+//!
+//! A `/write` whose rows span several shards sends one group per shard, in parallel. When
+//! some group fails, the answer has the worst failure's status and this body
+//! (`PartialFailure`):
+//!
+//! ```json
+//! {"message": "partial write: 1 of 2 data entries added (shards sh1); not added: sh2: …",
+//!  "code": "partial_write", "outcome": "unknown",
+//!  "committed": ["sh1"],
+//!  "failed": {"sh2": "<message>"}, "failed_codes": {"sh2": "no_quorum"},
+//!  "status": "failure"}
+//! ```
+//!
+//! `code` is `partial_write` (outcome `unknown`) when some shard committed; when none did, it
+//! is the code of the worst failure (highest status), and `outcome` is `unknown` if any
+//! failure's is. A write whose only group failed answers that group's failure as it is.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -9,15 +26,17 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use reqwest::Method;
-use serde_json::{json, Map, Value};
-use shardline::body::ApiJson;
+use bytes::Bytes;
+use hyper::Method;
+use serde::Serialize;
+use serde_json::Value;
+use shardline::body::{bad, int, kind, object, only_fields, required, some, ApiJson};
+use shardline::internal::{DeleteRequest, Done, Status, UpdateRequest, WriteRequest};
 use shardline::meta::ClusterMeta;
-use shardline::names::ShardId;
+use shardline::names::{ColumnName, ShardId};
 use shardline::schema;
-use shardline::ApiError;
+use shardline::{ApiError, Effect, ErrorCode};
 
-use crate::body::{bad, int, kind, object, only_fields, required, some};
 use crate::router::AppState;
 use crate::upstream;
 
@@ -163,50 +182,117 @@ pub async fn write(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    let plan = {
+    let mut plan = {
         let topology = state.topology.borrow().clone();
         let c = &state.config;
         plan_write(
-            &topology.cluster()?.meta,
+            &topology.routing()?.meta,
             &body,
             c.max_batch,
             c.max_string_bytes,
         )?
     };
     drop(body);
-    let sends = plan.groups.iter().map(|g| {
+    let requests = plan
+        .groups
+        .iter_mut()
+        .map(encode_group)
+        .collect::<Result<Vec<_>, _>>()?;
+    let sends = plan.groups.iter().zip(requests).map(|(g, req)| {
         let state = &state;
         async move {
-            let req = json!({"shard": g.shard, "data": g.rows});
-            let result = to_primary(state, g.shard.as_str(), "write", Method::POST, &req).await;
-            (g, result.map(|_| ()))
+            let result = to_primary(state, g.shard.as_str(), "write", Method::POST, req).await;
+            (g, result)
         }
     });
     let results = futures::future::join_all(sends).await;
     Ok(summarize(plan.total, results))
 }
 
+/// The group's [`WriteRequest`], encoded; the rows are moved in and back out, not copied.
+fn encode_group(g: &mut Group) -> Result<Bytes, ApiError> {
+    let req = WriteRequest {
+        shard: g.shard.clone(),
+        data: std::mem::take(&mut g.rows),
+    };
+    let bytes = upstream::encode(&req);
+    g.rows = req.data;
+    bytes
+}
+
 /// Sends one shard's part of a write to its primary (`/<op>`), timing it for the metrics.
+/// The primary's answer is a [`Done`]; one that does not decode leaves the outcome unknown.
 async fn to_primary(
     state: &AppState,
     shard: &str,
     op: &'static str,
     method: Method,
-    req: &Value,
-) -> Result<Value, ApiError> {
+    req: Bytes,
+) -> Result<(), ApiError> {
     let start = std::time::Instant::now();
-    let result = upstream::to_primary(state, shard, method, &format!("/{op}"), req).await;
+    let result = upstream::to_primary(state, shard, method, &format!("/{op}"), req)
+        .await
+        .and_then(|answer| {
+            upstream::decode::<Done>(&answer).map_err(|e| {
+                ApiError::OutcomeUnknown(format!(
+                    "shard {shard}: the primary's answer {e}; the request may or may not have been applied"
+                ))
+            })
+        });
     let outcome = match &result {
         Ok(_) => "committed".to_owned(),
         Err(e) => e.status().as_u16().to_string(),
     };
     crate::metrics::shard_write(shard, op, &outcome, start.elapsed());
-    result
+    result.map(|_| ())
 }
 
-/// 200 only when every group committed; otherwise the worst failure status, and (when there
-/// was more than one group) which shards committed and which did not.
+/// The answer to a `/write`: 200 only when every group committed; one group's failure as it
+/// is; otherwise [`PartialFailure`].
 fn summarize(total: usize, results: Vec<(&Group, Result<(), ApiError>)>) -> Response {
+    match summary(total, results) {
+        Summary::Committed(done) => Json(done).into_response(),
+        Summary::Failed(e) => e.into_response(),
+        Summary::Partial(status, body) => (status, Json(body)).into_response(),
+    }
+}
+
+#[derive(Debug)]
+enum Summary<'a> {
+    Committed(Done),
+    /// The only group failed: its error, as a single-shard write answers.
+    Failed(ApiError),
+    Partial(StatusCode, PartialFailure<'a>),
+}
+
+/// The failure body of a write over several shards that did not commit everywhere: the usual
+/// failure fields plus which shards committed (`committed`), and per failed shard its message
+/// (`failed`) and its error code (`failed_codes`). `code` is `partial_write` when some shard
+/// committed, else the worst failure's code (highest status); `outcome` is `unknown` when
+/// some shard committed or some failure's outcome is unknown. The status is the worst
+/// failure's.
+#[derive(Debug, Serialize)]
+struct PartialFailure<'a> {
+    message: String,
+    code: ErrorCode,
+    outcome: Effect,
+    committed: Vec<&'a str>,
+    #[serde(serialize_with = "in_order")]
+    failed: Vec<(&'a str, String)>,
+    #[serde(serialize_with = "in_order")]
+    failed_codes: Vec<(&'a str, ErrorCode)>,
+    status: Status,
+}
+
+/// Pairs as a JSON object, in the order given (shards in key order).
+fn in_order<S: serde::Serializer, V: Serialize>(
+    pairs: &[(&str, V)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(pairs.iter().map(|(k, v)| (k, v)))
+}
+
+fn summary(total: usize, results: Vec<(&Group, Result<(), ApiError>)>) -> Summary<'_> {
     let mut committed = Vec::new();
     let mut failed = Vec::new();
     for (g, r) in results {
@@ -216,21 +302,25 @@ fn summarize(total: usize, results: Vec<(&Group, Result<(), ApiError>)>) -> Resp
         }
     }
     if failed.is_empty() {
-        return Json(
-            json!({"message": format!("{total} Data entries added"), "status": "success"}),
-        )
-        .into_response();
+        return Summary::Committed(Done::new(format!("{total} Data entries added")));
     }
     if failed.len() == 1 && committed.is_empty() {
         if let Some((_, e)) = failed.pop() {
-            return e.into_response();
+            return Summary::Failed(e);
         }
     }
-    let status = failed
+    let worst = failed
         .iter()
-        .map(|(_, e)| e.status())
-        .max()
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        .map(|(_, e)| e)
+        .max_by_key(|e| (e.status(), e.effect() == Effect::Unknown));
+    let status = worst.map_or(StatusCode::INTERNAL_SERVER_ERROR, ApiError::status);
+    let some_unknown = failed.iter().any(|(_, e)| e.effect() == Effect::Unknown);
+    let (code, outcome) = match worst {
+        _ if !committed.is_empty() => (ErrorCode::PartialWrite, Effect::Unknown),
+        Some(e) if some_unknown => (e.code(), Effect::Unknown),
+        Some(e) => (e.code(), e.effect()),
+        None => (ErrorCode::Internal, Effect::Unknown),
+    };
     let reasons: Vec<String> = failed
         .iter()
         .map(|(g, e)| format!("{}: {}", g.shard, e.message()))
@@ -246,65 +336,101 @@ fn summarize(total: usize, results: Vec<(&Group, Result<(), ApiError>)>) -> Resp
             reasons.join("; ")
         )
     };
-    let failed: Map<String, Value> = failed
-        .iter()
-        .map(|(g, e)| (g.shard.to_string(), Value::from(e.message())))
-        .collect();
-    let committed: Vec<&str> = committed.iter().map(|g| g.shard.as_str()).collect();
-    let body = json!({
-        "message": message,
-        "committed": committed,
-        "failed": failed,
-        "status": "failure",
-    });
-    (status, Json(body)).into_response()
+    Summary::Partial(
+        status,
+        PartialFailure {
+            message,
+            code,
+            outcome,
+            committed: committed.iter().map(|g| g.shard.as_str()).collect(),
+            failed: failed
+                .iter()
+                .map(|(g, e)| (g.shard.as_str(), e.message()))
+                .collect(),
+            failed_codes: failed
+                .iter()
+                .map(|(g, e)| (g.shard.as_str(), e.code()))
+                .collect(),
+            status: Status::Failure,
+        },
+    )
 }
 
 pub async fn update(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<Value>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Done>, ApiError> {
     let (plan, key) = {
         let topology = state.topology.borrow().clone();
-        let meta = &topology.cluster()?.meta;
-        let plan = plan_update(meta, &body, state.config.max_string_bytes)?;
-        (plan, meta.schema.key().to_owned())
+        let meta = &topology.routing()?.meta;
+        (
+            plan_update(meta, &body, state.config.max_string_bytes)?,
+            key_column(meta)?,
+        )
     };
-    let mut req = Map::new();
-    req.insert("shard".into(), plan.shard.as_str().into());
-    req.insert(key.clone(), plan.key.into());
-    req.insert("data".into(), plan.row.unwrap_or_default());
-    let req = Value::Object(req);
-    to_primary(&state, plan.shard.as_str(), "update", Method::PUT, &req).await?;
-    Ok(Json(json!({
-        "message": format!("Data entry for {key}:{} updated", plan.key),
-        "status": "success",
-    })))
+    let shard = plan.shard.as_str().to_owned();
+    let message = format!("Data entry for {key}:{} updated", plan.key);
+    let req = UpdateRequest {
+        shard: plan.shard,
+        key,
+        value: plan.key,
+        data: plan.row,
+    };
+    to_primary(
+        &state,
+        &shard,
+        "update",
+        Method::PUT,
+        upstream::encode(&req)?,
+    )
+    .await?;
+    Ok(Json(Done::new(message)))
 }
 
 pub async fn delete(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<Value>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Done>, ApiError> {
     let (plan, key) = {
         let topology = state.topology.borrow().clone();
-        let meta = &topology.cluster()?.meta;
-        (plan_delete(meta, &body)?, meta.schema.key().to_owned())
+        let meta = &topology.routing()?.meta;
+        (plan_delete(meta, &body)?, key_column(meta)?)
     };
-    let mut req = Map::new();
-    req.insert("shard".into(), plan.shard.as_str().into());
-    req.insert(key.clone(), plan.key.into());
-    let req = Value::Object(req);
-    to_primary(&state, plan.shard.as_str(), "del", Method::DELETE, &req).await?;
-    Ok(Json(json!({
-        "message": format!("Data entry with {key}:{} removed from all replicas", plan.key),
-        "status": "success",
-    })))
+    let shard = plan.shard.as_str().to_owned();
+    let message = format!(
+        "Data entry with {key}:{} removed from all replicas",
+        plan.key
+    );
+    let req = DeleteRequest {
+        shard: plan.shard,
+        key,
+        value: plan.key,
+        data: None,
+    };
+    to_primary(
+        &state,
+        &shard,
+        "del",
+        Method::DELETE,
+        upstream::encode(&req)?,
+    )
+    .await?;
+    Ok(Json(Done::new(message)))
+}
+
+/// The schema's key column, which names the key field of the shard servers' bodies.
+pub fn key_column(meta: &ClusterMeta) -> Result<ColumnName, ApiError> {
+    meta.schema
+        .columns
+        .first()
+        .cloned()
+        .ok_or_else(|| ApiError::Internal("the schema has no columns".into()))
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use serde_json::json;
     use shardline::meta::InitRequest;
 
     /// The assignment's A1 layout: sh1..sh4 over [0, 16384), 4096 keys each.
@@ -466,5 +592,73 @@ pub(crate) mod tests {
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         let r = summarize(1, vec![(&g1, Err(ApiError::Conflict("dup 1".into())))]);
         assert_eq!(r.status(), StatusCode::CONFLICT);
+    }
+
+    fn partial(s: Summary<'_>) -> (StatusCode, Value) {
+        match s {
+            Summary::Partial(status, body) => (status, serde_json::to_value(body).unwrap()),
+            other => panic!("not a partial failure: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn partial_writes_say_what_happened_per_shard() {
+        let g = |id: &str, k: i64| Group {
+            shard: ShardId::parse(id).unwrap(),
+            rows: vec![row(k)],
+        };
+        let (g1, g2, g3) = (g("sh1", 1), g("sh2", 4096), g("sh3", 8192));
+        // Some shard committed: the write as a whole is partial, its outcome unknown.
+        let (status, body) = partial(summary(
+            3,
+            vec![
+                (&g1, Ok(())),
+                (&g2, Err(ApiError::Unavailable("down".into()))),
+                (&g3, Err(ApiError::Duplicate("dup".into()))),
+            ],
+        ));
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["code"], "partial_write");
+        assert_eq!(body["outcome"], "unknown");
+        assert_eq!(body["committed"], json!(["sh1"]));
+        assert_eq!(body["failed"], json!({"sh2": "down", "sh3": "dup"}));
+        assert_eq!(
+            body["failed_codes"],
+            json!({"sh2": "unavailable", "sh3": "duplicate_key"})
+        );
+        assert_eq!(body["status"], "failure");
+        assert!(body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("partial write: 1 of 3 data entries added (shards sh1)"));
+        // Nothing committed: the worst failure's code; certainly not applied only if no
+        // failure's outcome is unknown.
+        let (_, body) = partial(summary(
+            2,
+            vec![
+                (&g1, Err(ApiError::Duplicate("dup".into()))),
+                (&g2, Err(ApiError::Unavailable("down".into()))),
+            ],
+        ));
+        assert_eq!(body["code"], "unavailable");
+        assert_eq!(body["outcome"], "not_applied");
+        let (_, body) = partial(summary(
+            2,
+            vec![
+                (&g1, Err(ApiError::Unavailable("down".into()))),
+                (&g2, Err(ApiError::NoQuorum("slow".into()))),
+            ],
+        ));
+        assert_eq!(body["code"], "no_quorum");
+        assert_eq!(body["outcome"], "unknown");
+        let (_, body) = partial(summary(
+            2,
+            vec![
+                (&g1, Err(ApiError::Duplicate("dup".into()))),
+                (&g2, Err(ApiError::Internal("disk".into()))),
+            ],
+        ));
+        assert_eq!(body["code"], "internal");
+        assert_eq!(body["outcome"], "unknown");
     }
 }

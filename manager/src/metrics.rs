@@ -16,8 +16,9 @@ use std::collections::BTreeMap;
 
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use shardline::Seq;
 
-use crate::cluster::Beat;
+use shardline::internal::Heartbeat;
 
 pub const HEARTBEAT_FAILURES: &str = "shardline_manager_heartbeat_failures_total";
 pub const ELECTIONS: &str = "shardline_manager_elections_total";
@@ -46,22 +47,22 @@ pub fn router(handle: PrometheusHandle) -> Router {
 }
 
 /// Applied sequence and lag per replica from one round of heartbeats.
-pub fn record_progress<'a>(beats: impl IntoIterator<Item = (&'a str, &'a Beat)>) {
-    let mut by_shard: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
+pub fn record_progress<'a>(beats: impl IntoIterator<Item = (&'a str, &'a Heartbeat)>) {
+    let mut by_shard: BTreeMap<&str, Vec<(&str, Seq)>> = BTreeMap::new();
     for (server, beat) in beats {
         for (shard, s) in &beat.shards {
             by_shard
-                .entry(shard)
+                .entry(shard.as_str())
                 .or_default()
-                .push((server, s.applied.0));
+                .push((server, s.applied));
         }
     }
     for (shard, replicas) in by_shard {
-        let head = replicas.iter().map(|r| r.1).max().unwrap_or(0);
+        let head = replicas.iter().map(|r| r.1).max().unwrap_or(Seq::ZERO);
         for (server, applied) in replicas {
             let labels = [("server", server.to_owned()), ("shard", shard.to_owned())];
-            metrics::gauge!(APPLIED, &labels).set(applied as f64);
-            metrics::gauge!(LAG, &labels).set((head - applied) as f64);
+            metrics::gauge!(APPLIED, &labels).set(applied.get() as f64);
+            metrics::gauge!(LAG, &labels).set((head.get() - applied.get()) as f64);
         }
     }
 }

@@ -5,9 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value as Json;
+use shardline::internal::{CopyRequest, CopyResponse};
 use shardline::meta::{ClusterMeta, Health};
 use shardline::names::ShardId;
+use shardline::schema::Row;
+use shardline::{Position, Seq};
 
 use crate::server::Server;
 use crate::store::{self, Store};
@@ -46,24 +48,15 @@ pub async fn restore_from_peer(server: &Server, shard: &ShardId, store: &Arc<Sto
     let started = Instant::now();
     for (peer, addr) in peers {
         match fetch(server, shard, &addr).await {
-            Ok((rows, seq, term)) if seq > 0 => {
+            Ok((rows, at)) if at.seq > Seq::ZERO => {
                 let count = rows.len();
-                let restored = store::blocking(store, move |s| {
-                    s.restore(
-                        &rows,
-                        shardline::Position {
-                            seq: shardline::Seq(seq),
-                            term: shardline::Term(term),
-                        },
-                    )
-                })
-                .await;
+                let restored = store::blocking(store, move |s| s.restore(&rows, at)).await;
                 if let Err(e) = restored {
                     tracing::warn!(shard = %shard, peer = %peer, error = %e, "cannot store snapshot");
                     continue;
                 }
                 tracing::info!(
-                    shard = %shard, server = %server.name, peer = %peer, seq, rows = count,
+                    shard = %shard, server = %server.name, peer = %peer, seq = %at.seq, rows = count,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "restored snapshot; applying the log from the next sequence"
                 );
@@ -77,31 +70,37 @@ pub async fn restore_from_peer(server: &Server, shard: &ShardId, store: &Arc<Sto
     }
 }
 
+/// Asks `addr` for a snapshot of `shard`: its rows (checked against this server's schema)
+/// and the log position they are consistent with.
 async fn fetch(
     server: &Server,
     shard: &ShardId,
     addr: &str,
-) -> anyhow::Result<(Vec<shardline::schema::Row>, u64, u64)> {
-    let body: Json = server
+) -> anyhow::Result<(Vec<Row>, Position)> {
+    let mut body: CopyResponse = server
         .http
         .post(format!("http://{addr}/copy"))
-        .json(&serde_json::json!({"shards": [shard]}))
+        .json(&CopyRequest {
+            shards: vec![shard.clone()],
+        })
         .send()
         .await?
         .error_for_status()?
         .json()
         .await?;
-    let seq = body["seq"][shard.as_str()].as_u64().unwrap_or(0);
-    let term = body["term"][shard.as_str()].as_u64().unwrap_or(0);
+    let snapshot = body
+        .shards
+        .remove(shard)
+        .ok_or_else(|| anyhow::anyhow!("the answer has no snapshot of {shard}"))?;
     let schema = server
         .schema()
         .ok_or_else(|| anyhow::anyhow!("not configured"))?;
-    let rows = body[shard.as_str()]
-        .as_array()
-        .ok_or_else(|| anyhow::anyhow!("snapshot of {shard} has no rows array"))?
+    let at = snapshot.position();
+    let rows = snapshot
+        .rows
         .iter()
         .map(|r| schema.parse_row(r, usize::MAX))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("snapshot row does not fit the schema: {e}"))?;
-    Ok((rows, seq, term))
+    Ok((rows, at))
 }

@@ -1,78 +1,10 @@
-//! `shard-server`: one server holding one or more shard replicas, each its own SQLite
-//! database. As a shard's primary it appends WAL entries to JetStream and answers once a
-//! majority applied them; as any replica it applies the shard's log in sequence order.
-//!
-//! - `store`: the SQLite database of one replica (rows + applied sequence + term).
-//! - `replica`: the applier following a shard's stream, and commit tracking for a primary.
-//! - `catchup`: snapshot copy from a peer for a replica that starts empty.
-//! - `server`: shared state and the primary checks every write makes.
-//! - `api`: the HTTP endpoints (docs/internal-api.md).
-
-mod api;
-mod catchup;
-mod metrics;
-mod replica;
-mod server;
-
-mod store;
-
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+//! The `shard-server` binary: parses the configuration, builds the runtime, binds the listener,
+//! prints `LISTENING <addr>` (which the manager and the test kit wait for) and runs the server
+//! from the library until SIGINT or SIGTERM.
 
 use anyhow::Context as _;
 use clap::Parser;
-use shardline::names::ServerName;
-
-use crate::server::Server;
-use shardline::SyncMode;
-
-/// One shardline shard server.
-#[derive(Debug, Parser)]
-#[command(version, about)]
-struct Config {
-    /// Server name (as in the cluster metadata).
-    #[arg(long, env = "SHARDLINE_SERVER_NAME")]
-    name: String,
-    /// Address to listen on; port 0 picks a free port (printed as `LISTENING <addr>`).
-    #[arg(long, env = "SHARDLINE_LISTEN", default_value = "127.0.0.1:0")]
-    listen: String,
-    /// Directory for this server's shard databases.
-    #[arg(long, env = "SHARDLINE_DATA_DIR")]
-    data_dir: PathBuf,
-    /// NATS server URL.
-    #[arg(
-        long,
-        env = "SHARDLINE_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    nats_url: String,
-    #[command(flatten)]
-    nats_auth: shardline::nats::NatsAuthArgs,
-    /// SQLite `synchronous` setting: `normal` (survives process crashes) or `full`
-    /// (survives power loss too, slower).
-    #[arg(
-        long,
-        env = "SHARDLINE_SQLITE_SYNC",
-        value_enum,
-        default_value = "normal"
-    )]
-    sqlite_sync: SyncMode,
-    /// How long a primary waits for a majority before answering 503.
-    #[arg(long, env = "SHARDLINE_COMMIT_TIMEOUT_MS", default_value_t = 5000)]
-    commit_timeout_ms: u64,
-    /// Request body limit in bytes.
-    #[arg(long, env = "SHARDLINE_BODY_LIMIT", default_value_t = 8 * 1024 * 1024)]
-    body_limit: usize,
-    /// Longest accepted String value in bytes.
-    #[arg(long, env = "SHARDLINE_MAX_STRING_BYTES", default_value_t = shardline::schema::DEFAULT_MAX_STRING_BYTES)]
-    max_string_bytes: usize,
-    /// Threads serving requests and applying the log. 1 (a single-threaded runtime) is the
-    /// cheapest when several servers share a few cores, as in the local cluster; raise it
-    /// for a server alone on a big machine (0 = one per core).
-    #[arg(long, env = "SHARDLINE_WORKER_THREADS", default_value_t = 1)]
-    worker_threads: usize,
-}
+use shard_server::Config;
 
 fn main() -> anyhow::Result<()> {
     shardline::telemetry::init_logging();
@@ -89,69 +21,11 @@ fn main() -> anyhow::Result<()> {
             b.enable_all().build()?
         }
     };
-    runtime.block_on(run(config))
-}
-
-async fn run(config: Config) -> anyhow::Result<()> {
-    tracing::info!(?config, "starting shard-server");
-    let name = ServerName::parse(&config.name).map_err(anyhow::Error::msg)?;
-    let nats_auth = config.nats_auth.auth()?;
-
-    let nats = shardline::nats::connect(
-        &config.nats_url,
-        &format!("shard-server {name}"),
-        &nats_auth,
-    )
-    .await
-    .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
-    let js = async_nats::jetstream::new(nats.clone());
-    let meta = shardline::watch::spawn(js.clone());
-
-    let server = Arc::new(Server::new(
-        name,
-        config.data_dir.clone(),
-        js,
-        nats,
-        meta,
-        config.sqlite_sync,
-        Duration::from_millis(config.commit_timeout_ms),
-        config.max_string_bytes,
-    ));
-    tokio::spawn(configure_from_metadata(server.clone()));
-
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    let addr = listener.local_addr()?;
-    println!("LISTENING {addr}");
-    tracing::info!(%addr, server = %server.name, "shard-server listening");
-    let metrics = metrics::install()?;
-    let app = api::router(server.clone(), config.body_limit).merge(metrics::router(metrics));
-    // Bounded by the commit timeout: a write in flight either commits or answers 503 by then.
-    let drain = Duration::from_millis(config.commit_timeout_ms) + Duration::from_secs(1);
-    shardline::shutdown::serve(listener, app, drain).await?;
-    server.shutdown().await;
-    tracing::info!(server = %server.name, "shard-server stopped");
-    Ok(())
-}
-
-/// A server restarted under its old name finds its shards in the metadata and resumes them
-/// without waiting for the manager's `/config`.
-async fn configure_from_metadata(server: Arc<Server>) {
-    let mut rx = server.meta.clone();
-    let Ok(meta) = rx
-        .wait_for(|m| {
-            m.as_ref()
-                .is_some_and(|m| m.servers.contains_key(&server.name))
-        })
-        .await
-        .map(|m| m.clone())
-    else {
-        return;
-    };
-    let Some(meta) = meta else { return };
-    let shards = meta.servers[&server.name].shards.clone();
-    if let Err(e) = server.configure(meta.schema.clone(), &shards).await {
-        tracing::warn!(server = %server.name, error = %e, "cannot configure from metadata");
-    }
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        println!("LISTENING {}", listener.local_addr()?);
+        shard_server::run(config, listener, shardline::shutdown::signal()).await
+    })
 }

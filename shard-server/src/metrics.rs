@@ -9,6 +9,7 @@
 //! - `shardline_server_commit_duration_seconds{shard, outcome}` (histogram): a primary's
 //!   write from append to majority applied
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::Router;
@@ -19,7 +20,13 @@ pub const APPLY_BATCH: &str = "shardline_server_apply_batch_entries";
 pub const APPLIED_SEQ: &str = "shardline_server_applied_seq";
 pub const COMMIT_SECONDS: &str = "shardline_server_commit_duration_seconds";
 
+/// Installs the process-wide recorder once; later calls (a second server run in one test
+/// process) reuse it.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(COMMIT_SECONDS.into()),
@@ -41,7 +48,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "A primary's write from WAL append to majority applied"
     );
     shardline::telemetry::spawn_upkeep(&handle);
-    Ok(handle)
+    Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
 /// `GET /metrics`, merged into the server's router.
@@ -49,11 +56,11 @@ pub fn router(handle: PrometheusHandle) -> Router {
     shardline::telemetry::metrics_router(handle)
 }
 
-pub fn applied(shard: &str, entries: usize, seq: u64) {
+pub fn applied(shard: &str, entries: usize, seq: shardline::Seq) {
     let shard = shard.to_owned();
     metrics::counter!(APPLIED_ENTRIES, "shard" => shard.clone()).increment(entries as u64);
     metrics::histogram!(APPLY_BATCH, "shard" => shard.clone()).record(entries as f64);
-    metrics::gauge!(APPLIED_SEQ, "shard" => shard).set(seq as f64);
+    metrics::gauge!(APPLIED_SEQ, "shard" => shard).set(seq.get() as f64);
 }
 
 pub fn commit(shard: &str, outcome: &str, elapsed: Duration) {

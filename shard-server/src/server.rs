@@ -11,11 +11,10 @@ use shardline::meta::ClusterMeta;
 use shardline::names::{ServerName, ShardId};
 use shardline::schema::Schema;
 use shardline::watch::MetaRx;
-use shardline::{ApiError, Term};
+use shardline::{ApiError, Seq, SyncMode, Term};
 
-use crate::replica::Replica;
+use crate::replica::{Replica, ReplicaContext};
 use crate::store::Store;
-use shardline::SyncMode;
 
 pub struct Server {
     pub name: ServerName,
@@ -119,21 +118,21 @@ impl Server {
             let store = Store::open(&path, &schema, self.sync)
                 .map(Arc::new)
                 .map_err(|e| ApiError::Internal(format!("cannot open {}: {e}", path.display())))?;
-            let fresh = store.position().seq == shardline::Seq::ZERO;
+            let fresh = store.position().seq == Seq::ZERO;
             if fresh {
                 crate::catchup::restore_from_peer(self, shard, &store).await;
             }
             let replica = Replica::start(
                 shard.clone(),
                 store,
-                self.name.clone(),
-                self.js.clone(),
-                self.nats.clone(),
-                self.meta.clone(),
-                self.commit_timeout,
-            )
-            .await
-            .map_err(|e| ApiError::Internal(format!("cannot start replica of {shard}: {e}")))?;
+                ReplicaContext {
+                    server: self.name.clone(),
+                    js: self.js.clone(),
+                    nats: self.nats.clone(),
+                    meta: self.meta.clone(),
+                    commit_timeout: self.commit_timeout,
+                },
+            );
             self.replicas
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
@@ -179,9 +178,10 @@ impl Server {
         })
     }
 
+    /// Stops every replica's tasks, then closes their idle read connections.
     pub async fn shutdown(&self) {
         for r in self.replicas() {
-            r.stop();
+            r.stop().await;
             r.store.close();
         }
     }

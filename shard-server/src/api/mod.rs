@@ -1,4 +1,5 @@
-//! The server's HTTP API (docs/internal-api.md): one module per endpoint family.
+//! The server's HTTP API (docs/internal-api.md): one module per endpoint family. Every body
+//! is a type of `shardline::internal`, decoded with `ApiJson` (a 400 naming the field).
 
 mod admin;
 mod read;
@@ -8,6 +9,8 @@ use std::sync::Arc;
 
 use axum::routing::{delete, get, post, put};
 use axum::Router;
+use shardline::internal::Keyed;
+use shardline::schema::Schema;
 use shardline::ApiError;
 
 use crate::server::Server;
@@ -27,51 +30,76 @@ pub fn router(server: Arc<Server>, body_limit: usize) -> Router {
         .with_state(server)
 }
 
-/// The key field of a body: named after the schema's key column.
-fn key_field(
-    body: &serde_json::Map<String, serde_json::Value>,
-    key: &str,
-) -> Result<i64, ApiError> {
-    let v = body
-        .get(key)
-        .ok_or_else(|| ApiError::BadRequest(format!("missing field `{key}`")))?;
-    shardline::schema::parse_number(key, v).map_err(ApiError::BadRequest)
-}
-
-fn object(v: serde_json::Value) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
-    match v {
-        serde_json::Value::Object(m) => Ok(m),
-        _ => Err(ApiError::BadRequest(
-            "the request body must be a JSON object".into(),
-        )),
-    }
-}
-
-fn only_fields(
-    body: &serde_json::Map<String, serde_json::Value>,
-    allowed: &[&str],
-) -> Result<(), ApiError> {
-    match body.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(ApiError::BadRequest(format!(
-            "unknown field `{k}`; expected {}",
-            allowed.join(", ")
-        ))),
-        None => Ok(()),
-    }
-}
-
-fn shard_field(body: &serde_json::Map<String, serde_json::Value>) -> Result<String, ApiError> {
-    match body.get("shard") {
-        Some(serde_json::Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(ApiError::BadRequest(
-            "field `shard` must be a string".into(),
-        )),
-        None => Err(ApiError::BadRequest("missing field `shard`".into())),
-    }
-}
-
-fn configured_schema(server: &Server) -> Result<Arc<shardline::schema::Schema>, ApiError> {
+fn configured_schema(server: &Server) -> Result<Arc<Schema>, ApiError> {
     server.schema().ok_or_else(|| {
         ApiError::Unavailable(format!("server {} is not configured yet", server.name))
     })
+}
+
+/// Checks that a keyed body names its key after the schema's key column, and carries `data`
+/// exactly when the endpoint takes it.
+fn check_keyed<T>(body: &Keyed<T>, schema: &Schema, takes_data: bool) -> Result<(), ApiError> {
+    let key = schema.key();
+    if body.key.as_str() != key {
+        return Err(ApiError::BadRequest(format!(
+            "unknown field `{}`: the key field is named after the schema's key column `{key}`",
+            body.key
+        )));
+    }
+    match (takes_data, body.data.is_some()) {
+        (true, false) => Err(ApiError::BadRequest("missing field `data`".into())),
+        (false, true) => Err(ApiError::BadRequest(format!(
+            "unknown field `data`; expected shard, {key}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use shardline::internal::{DeleteRequest, ReadRequest, UpdateRequest};
+    use shardline::schema::SchemaSpec;
+
+    use super::*;
+
+    fn schema() -> Schema {
+        Schema::parse(&SchemaSpec {
+            columns: vec!["Stud_id".into(), "Stud_name".into()],
+            dtypes: vec!["Number".into(), "String".into()],
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn keyed_bodies_must_name_the_schema_key() {
+        let del: DeleteRequest =
+            serde_json::from_value(json!({"shard": "sh1", "Other": 3})).unwrap();
+        let e = check_keyed(&del, &schema(), false).unwrap_err();
+        assert_eq!(e.code(), shardline::ErrorCode::BadRequest);
+        assert!(e.message().contains("`Other`") && e.message().contains("`Stud_id`"));
+
+        let del: DeleteRequest =
+            serde_json::from_value(json!({"shard": "sh1", "Stud_id": 3, "data": {}})).unwrap();
+        let e = check_keyed(&del, &schema(), false).unwrap_err();
+        assert!(
+            e.message().contains("unknown field `data`"),
+            "{}",
+            e.message()
+        );
+
+        let upd: UpdateRequest =
+            serde_json::from_value(json!({"shard": "sh1", "Stud_id": 3})).unwrap();
+        let e = check_keyed(&upd, &schema(), true).unwrap_err();
+        assert!(
+            e.message().contains("missing field `data`"),
+            "{}",
+            e.message()
+        );
+
+        let read: ReadRequest =
+            serde_json::from_value(json!({"shard": "sh1", "Stud_id": {"low": 1, "high": 2}}))
+                .unwrap();
+        check_keyed(&read, &schema(), false).unwrap();
+    }
 }

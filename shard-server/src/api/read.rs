@@ -5,42 +5,28 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
 use shardline::body::ApiJson;
-use shardline::schema::parse_number;
+use shardline::internal::ReadRequest;
 use shardline::ApiError;
 
-use super::{configured_schema, object, only_fields, shard_field};
+use super::{check_keyed, configured_schema};
 use crate::server::Server;
 
 pub async fn read(
     State(s): State<Arc<Server>>,
-    ApiJson(body): ApiJson<Value>,
+    ApiJson(body): ApiJson<ReadRequest>,
 ) -> Result<Response, ApiError> {
     let schema = configured_schema(&s)?;
+    check_keyed(&body, &schema, false)?;
     let key = schema.key();
-    let body = object(body)?;
-    only_fields(&body, &["shard", key])?;
-    let shard = shard_field(&body)?;
-    let range = body.get(key).and_then(Value::as_object).ok_or_else(|| {
-        ApiError::BadRequest(format!(
-            "field `{key}` must be {{\"low\": .., \"high\": ..}}"
-        ))
-    })?;
-    only_fields(range, &["low", "high"])?;
-    let bound = |f: &str| {
-        range
-            .get(f)
-            .ok_or_else(|| ApiError::BadRequest(format!("missing field `{key}.{f}`")))
-            .and_then(|v| parse_number(&format!("{key}.{f}"), v).map_err(ApiError::BadRequest))
-    };
-    let (low, high) = (bound("low")?, bound("high")?);
+    let (shard, range) = (body.shard, body.value);
+    let (low, high) = (range.low, range.high);
     if low > high {
         return Err(ApiError::BadRequest(format!(
             "`{key}.low` ({low}) is greater than `{key}.high` ({high})"
         )));
     }
-    let replica = s.replica(&shard)?;
+    let replica = s.replica(shard.as_str())?;
     if replica.is_recovering() {
         return Err(ApiError::Unavailable(format!(
             "shard {shard}: server {} is still catching up",
@@ -51,7 +37,8 @@ pub async fn read(
         .store
         .read_range_json(low, high)
         .map_err(|e| ApiError::Internal(format!("shard {shard}: {e}")))?;
-    // The rows arrive as JSON text from SQLite; splice them in rather than re-encode.
+    // The rows arrive as JSON text from SQLite; splice them into the `ReadResponse` shape
+    // rather than decode and re-encode them.
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
         format!(r#"{{"data":{rows},"status":"success"}}"#),

@@ -1,0 +1,357 @@
+//! The monitor's per-server decisions, as a state machine without I/O: fed what each round of
+//! heartbeats heard and the time, it says which servers changed health, which are dead, and
+//! whether a dead one may be respawned now. [`super::run`] does the talking (heartbeats,
+//! metadata, elections, the runtime); this module is what its timing tests exercise.
+//!
+//! Time is [`tokio::time::Instant`], so tests drive it with tokio's paused clock.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use shardline::meta::Health;
+use shardline::names::ServerName;
+use tokio::time::Instant;
+
+use super::Settings;
+
+/// What one round heard from a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// It answered its heartbeat; `recovering` if any of its replicas is catching up.
+    Answered { recovering: bool },
+    /// No answer in time; `gone` if its process (container) no longer exists.
+    Silent { gone: bool },
+}
+
+/// One server as one round saw it: its health in the metadata and what it said.
+#[derive(Debug, Clone)]
+pub struct Sighting {
+    pub name: ServerName,
+    pub health: Health,
+    pub heard: Heard,
+}
+
+/// The decisions of one round.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// Health to record in the metadata.
+    pub changes: Vec<(ServerName, Health)>,
+    /// Servers that missed `dead_after` heartbeats (or whose process is gone): candidates for
+    /// a respawn, if their process is not merely paused or hung.
+    pub dead: Vec<ServerName>,
+}
+
+/// Whether a dead server may be respawned now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Respawn {
+    /// Respawn it; [`Tracker::respawned`] once that finished.
+    Go,
+    /// Not yet: backing off after the last respawn.
+    Wait,
+    /// It died `max_respawns` times within `respawn_window`: mark it failed, leave it alone.
+    Fail,
+}
+
+/// The first respawn waits this long after the last one; each further one within the window
+/// twice as long (up to 64 times).
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Default)]
+struct Watch {
+    misses: u32,
+    respawning: bool,
+    respawns: Vec<Instant>,
+    down_since: Option<Instant>,
+}
+
+/// What the monitor remembers of each server between rounds.
+#[derive(Debug)]
+pub struct Tracker {
+    dead_after: u32,
+    max_respawns: usize,
+    respawn_window: Duration,
+    watches: HashMap<ServerName, Watch>,
+}
+
+impl Tracker {
+    pub fn new(settings: &Settings) -> Tracker {
+        Tracker {
+            dead_after: settings.dead_after,
+            max_respawns: settings.max_respawns,
+            respawn_window: settings.respawn_window,
+            watches: HashMap::new(),
+        }
+    }
+
+    /// Takes one round of heartbeats over every server in the metadata (servers not in it
+    /// are forgotten). Servers being respawned or marked failed are left alone.
+    pub fn round(&mut self, now: Instant, seen: impl IntoIterator<Item = Sighting>) -> Verdict {
+        let seen: Vec<Sighting> = seen.into_iter().collect();
+        self.watches
+            .retain(|n, _| seen.iter().any(|s| &s.name == n));
+        let mut verdict = Verdict::default();
+        for Sighting {
+            name,
+            health,
+            heard,
+        } in seen
+        {
+            let w = self.watches.entry(name.clone()).or_default();
+            if w.respawning || health == Health::Failed {
+                continue;
+            }
+            match heard {
+                Heard::Answered { recovering } => {
+                    w.misses = 0;
+                    let now_health = if recovering {
+                        Health::Recovering
+                    } else {
+                        Health::Up
+                    };
+                    if now_health != health {
+                        if let Some(since) = w.down_since.take() {
+                            let down_ms = now.saturating_duration_since(since).as_millis() as u64;
+                            tracing::info!(server = %name, down_ms, "server is back");
+                        }
+                        verdict.changes.push((name, now_health));
+                    }
+                }
+                Heard::Silent { gone } => {
+                    metrics::counter!(crate::metrics::HEARTBEAT_FAILURES, "server" => name.to_string()).increment(1);
+                    w.misses += 1;
+                    // A server whose process is gone is dead now: more misses only guard
+                    // against a busy or briefly unreachable server.
+                    if gone {
+                        w.misses = w.misses.max(self.dead_after);
+                    }
+                    if w.misses >= self.dead_after && health != Health::Down {
+                        tracing::warn!(server = %name, misses = w.misses, "server missed its heartbeats: down");
+                        w.down_since = Some(now);
+                        verdict.changes.push((name.clone(), Health::Down));
+                    }
+                    if w.misses >= self.dead_after {
+                        verdict.dead.push(name);
+                    }
+                }
+            }
+        }
+        verdict
+    }
+
+    /// Decides whether the dead server `name`, whose process is gone, is respawned now; on
+    /// [`Respawn::Go`] it counts the respawn and leaves the server alone until
+    /// [`Tracker::respawned`].
+    pub fn respawn(&mut self, name: &ServerName, now: Instant) -> Respawn {
+        let window = self.respawn_window;
+        let w = self.watches.entry(name.clone()).or_default();
+        w.respawns
+            .retain(|t| now.saturating_duration_since(*t) < window);
+        // Back off: wait longer before each further respawn within the window.
+        let delay = BACKOFF_BASE * (1u32 << w.respawns.len().min(6));
+        if w.respawns.len() >= self.max_respawns {
+            Respawn::Fail
+        } else if (w.respawns.last()).is_some_and(|t| now.saturating_duration_since(*t) < delay) {
+            Respawn::Wait
+        } else {
+            w.respawns.push(now);
+            w.respawning = true;
+            Respawn::Go
+        }
+    }
+
+    /// A respawn finished, successfully or not: heartbeats judge the server again, from zero
+    /// misses.
+    pub fn respawned(&mut self, name: &ServerName) {
+        if let Some(w) = self.watches.get_mut(name) {
+            w.respawning = false;
+            w.misses = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::advance;
+
+    const INTERVAL: Duration = Duration::from_millis(300);
+
+    fn settings() -> Settings {
+        Settings {
+            interval: INTERVAL,
+            timeout: Duration::from_millis(250),
+            dead_after: 3,
+            max_respawns: 3,
+            respawn_window: Duration::from_secs(300),
+        }
+    }
+
+    fn name(s: &str) -> ServerName {
+        ServerName::parse(s).unwrap()
+    }
+
+    fn saw(n: &ServerName, health: Health, heard: Heard) -> Sighting {
+        Sighting {
+            name: n.clone(),
+            health,
+            heard,
+        }
+    }
+
+    const SILENT: Heard = Heard::Silent { gone: false };
+    const GONE: Heard = Heard::Silent { gone: true };
+    const UP: Heard = Heard::Answered { recovering: false };
+    const CATCHING_UP: Heard = Heard::Answered { recovering: true };
+
+    /// One round a heartbeat interval after the previous one.
+    async fn round(t: &mut Tracker, seen: Vec<Sighting>) -> Verdict {
+        advance(INTERVAL).await;
+        t.round(Instant::now(), seen)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_server_is_down_after_dead_after_misses_in_a_row() {
+        let mut t = Tracker::new(&settings());
+        let s = name("S1");
+        for _ in 0..2 {
+            let v = round(&mut t, vec![saw(&s, Health::Up, SILENT)]).await;
+            assert_eq!(v, Verdict::default(), "down too early");
+        }
+        let v = round(&mut t, vec![saw(&s, Health::Up, SILENT)]).await;
+        assert_eq!(v.changes, [(s.clone(), Health::Down)]);
+        assert_eq!(v.dead, std::slice::from_ref(&s));
+        // Down already: no second change, but still dead (a respawn candidate).
+        let v = round(&mut t, vec![saw(&s, Health::Down, SILENT)]).await;
+        assert!(v.changes.is_empty());
+        assert_eq!(v.dead, [s]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_starts_the_count_again() {
+        let mut t = Tracker::new(&settings());
+        let s = name("S1");
+        for heard in [SILENT, SILENT, UP, SILENT, SILENT] {
+            let v = round(&mut t, vec![saw(&s, Health::Up, heard)]).await;
+            assert_eq!(v, Verdict::default(), "after {heard:?}");
+        }
+        let v = round(&mut t, vec![saw(&s, Health::Up, SILENT)]).await;
+        assert_eq!(v.dead, [s]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_whose_process_is_gone_is_dead_at_once() {
+        let mut t = Tracker::new(&settings());
+        let (gone, slow) = (name("S1"), name("S2"));
+        let v = round(
+            &mut t,
+            vec![saw(&gone, Health::Up, GONE), saw(&slow, Health::Up, SILENT)],
+        )
+        .await;
+        assert_eq!(v.changes, [(gone.clone(), Health::Down)]);
+        assert_eq!(v.dead, [gone]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_comes_back_is_marked_recovering_then_up() {
+        let mut t = Tracker::new(&settings());
+        let s = name("S1");
+        let v = round(&mut t, vec![saw(&s, Health::Up, GONE)]).await;
+        assert_eq!(v.changes, [(s.clone(), Health::Down)]);
+        let v = round(&mut t, vec![saw(&s, Health::Down, CATCHING_UP)]).await;
+        assert_eq!(v.changes, [(s.clone(), Health::Recovering)]);
+        assert!(v.dead.is_empty());
+        let v = round(&mut t, vec![saw(&s, Health::Recovering, UP)]).await;
+        assert_eq!(v.changes, [(s.clone(), Health::Up)]);
+        // Up and answering: nothing to record.
+        let v = round(&mut t, vec![saw(&s, Health::Up, UP)]).await;
+        assert_eq!(v, Verdict::default());
+        // Straight from down to up when it answers caught up.
+        round(&mut t, vec![saw(&s, Health::Up, GONE)]).await;
+        let v = round(&mut t, vec![saw(&s, Health::Down, UP)]).await;
+        assert_eq!(v.changes, [(s, Health::Up)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn respawns_back_off_and_a_server_that_keeps_dying_fails() {
+        let mut t = Tracker::new(&settings());
+        let s = name("S1");
+        round(&mut t, vec![saw(&s, Health::Up, GONE)]).await;
+        assert_eq!(t.respawn(&s, Instant::now()), Respawn::Go);
+        // While it is being respawned, rounds leave it alone.
+        let v = round(&mut t, vec![saw(&s, Health::Down, GONE)]).await;
+        assert_eq!(v, Verdict::default());
+        t.respawned(&s);
+
+        // It dies again at once: the second respawn waits 400 ms after the first, the
+        // third 800 ms after the second. Each loop starts an interval after the last respawn.
+        for delay in [400, 800] {
+            let v = t.round(Instant::now(), vec![saw(&s, Health::Down, GONE)]);
+            assert_eq!(v.dead, std::slice::from_ref(&s));
+            assert_eq!(t.respawn(&s, Instant::now()), Respawn::Wait);
+            advance(Duration::from_millis(delay - 301)).await;
+            assert_eq!(t.respawn(&s, Instant::now()), Respawn::Wait);
+            advance(Duration::from_millis(1)).await;
+            assert_eq!(
+                t.respawn(&s, Instant::now()),
+                Respawn::Go,
+                "after {delay} ms"
+            );
+            t.respawned(&s);
+            advance(INTERVAL).await;
+        }
+
+        // A fourth death within the window: failed, whatever the back-off.
+        advance(Duration::from_secs(10)).await;
+        assert_eq!(t.respawn(&s, Instant::now()), Respawn::Fail);
+        // Marked failed, it is left alone.
+        let v = round(&mut t, vec![saw(&s, Health::Failed, GONE)]).await;
+        assert_eq!(v, Verdict::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn respawns_older_than_the_window_are_forgotten() {
+        let mut t = Tracker::new(&settings());
+        let s = name("S1");
+        for _ in 0..3 {
+            round(&mut t, vec![saw(&s, Health::Down, GONE)]).await;
+            advance(Duration::from_secs(2)).await;
+            assert_eq!(t.respawn(&s, Instant::now()), Respawn::Go);
+            t.respawned(&s);
+        }
+        assert_eq!(t.respawn(&s, Instant::now()), Respawn::Fail);
+        // The respawns were 2.3 s apart; the first leaves the window 300 s after it was made
+        // (4.6 s ago): then one more is allowed.
+        advance(Duration::from_millis(300_000 - 4_600 - 100)).await;
+        assert_eq!(t.respawn(&s, Instant::now()), Respawn::Fail);
+        advance(Duration::from_millis(100)).await;
+        assert_eq!(t.respawn(&s, Instant::now()), Respawn::Go);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_respawned_server_starts_from_zero_misses() {
+        let mut t = Tracker::new(&settings());
+        let s = name("S1");
+        round(&mut t, vec![saw(&s, Health::Up, GONE)]).await;
+        assert_eq!(t.respawn(&s, Instant::now()), Respawn::Go);
+        t.respawned(&s);
+        // Slow to answer after its respawn: not dead before `dead_after` misses.
+        for _ in 0..2 {
+            let v = round(&mut t, vec![saw(&s, Health::Recovering, SILENT)]).await;
+            assert_eq!(v, Verdict::default());
+        }
+        let v = round(&mut t, vec![saw(&s, Health::Recovering, SILENT)]).await;
+        assert_eq!(v.changes, [(s.clone(), Health::Down)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn servers_leaving_the_metadata_are_forgotten() {
+        let mut t = Tracker::new(&settings());
+        let (s1, s2) = (name("S1"), name("S2"));
+        round(&mut t, vec![saw(&s1, Health::Up, SILENT)]).await;
+        round(&mut t, vec![saw(&s1, Health::Up, SILENT)]).await;
+        round(&mut t, vec![saw(&s2, Health::Up, UP)]).await;
+        // Back under the same name: a new server, with no misses counted.
+        let v = round(&mut t, vec![saw(&s1, Health::Up, SILENT)]).await;
+        assert_eq!(v, Verdict::default());
+    }
+}

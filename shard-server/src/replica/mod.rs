@@ -1,0 +1,157 @@
+//! One shard replica: its [`Store`], and four background tasks by role.
+//!
+//! - `apply`: every replica, the primary included, applies the stream strictly in sequence
+//!   order through a durable pull consumer named after the server (so
+//!   `nats consumer ls WAL_<shard>` shows each replica's progress), commits each batch in one
+//!   SQLite transaction together with the last applied sequence, and acknowledges to
+//!   JetStream cumulatively, at most every `apply::ACK_INTERVAL`.
+//! - `announce`: each replica announces its applied sequence on a core-NATS subject; the
+//!   primary follows those announcements.
+//! - `quorum`: what the primary heard, and waiting until a majority applied an entry.
+//! - `propose`: the primary's group commit: client requests queued to [`Replica::propose`]
+//!   are folded into WAL entries, appended, and answered once applied here and by a majority.
+//!
+//! The tasks run under one [`CancellationToken`] and are tracked by a [`TaskTracker`], so
+//! [`Replica::stop`] ends them and waits until they are gone.
+
+mod announce;
+mod apply;
+mod propose;
+mod quorum;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use shardline::internal::ReplicaProgress;
+use shardline::names::{ServerName, ShardId};
+use shardline::watch::MetaRx;
+use shardline::{ApiError, Position, Seq, Term};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::propose::Proposal;
+use self::quorum::Quorum;
+use crate::store::{Outcome, Store};
+
+/// What a replica needs from its server to start.
+pub struct ReplicaContext {
+    pub server: ServerName,
+    pub js: jetstream::Context,
+    pub nats: async_nats::Client,
+    pub meta: MetaRx,
+    pub commit_timeout: Duration,
+}
+
+pub struct Replica {
+    pub shard: ShardId,
+    pub store: Arc<Store>,
+    server: ServerName,
+    js: jetstream::Context,
+    nats: async_nats::Client,
+    meta: MetaRx,
+    /// The applied position as last committed by the applier (read by `/heartbeat`, the
+    /// primary checks and the announcer without locking the store).
+    applied: AtomicU64,
+    term: AtomicU64,
+    recovering: AtomicBool,
+    /// Writes this server appended and is waiting on, by `Nats-Msg-Id`.
+    pending: Mutex<HashMap<String, oneshot::Sender<(Seq, Outcome)>>>,
+    quorum: Quorum,
+    proposals: mpsc::UnboundedSender<Proposal>,
+    commit_timeout: Duration,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Replica {
+    /// Starts the replica's tasks: the applier from the store's position, the announcer,
+    /// the ack follower and the proposer.
+    pub fn start(shard: ShardId, store: Arc<Store>, cx: ReplicaContext) -> Arc<Replica> {
+        let at = store.position();
+        let (proposals, proposed) = mpsc::unbounded_channel();
+        let quorum = Quorum::new(shard.clone(), cx.meta.clone());
+        let replica = Arc::new(Replica {
+            shard,
+            store,
+            server: cx.server,
+            js: cx.js,
+            nats: cx.nats,
+            meta: cx.meta,
+            applied: AtomicU64::new(at.seq.get()),
+            term: AtomicU64::new(at.term.get()),
+            recovering: AtomicBool::new(true),
+            pending: Mutex::new(HashMap::new()),
+            quorum,
+            proposals,
+            commit_timeout: cx.commit_timeout,
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        replica.spawn(propose::propose_forever(replica.clone(), proposed));
+        replica.spawn(announce::follow_acks(replica.clone()));
+        replica.spawn(announce::announce_periodically(replica.clone()));
+        replica.spawn(apply::apply_forever(replica.clone()));
+        replica
+    }
+
+    /// Runs `task` on the replica's tracker until it ends or the replica stops.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let cancel = self.cancel.clone();
+        self.tasks.spawn(async move {
+            cancel.run_until_cancelled(task).await;
+        });
+    }
+
+    pub fn progress(&self) -> ReplicaProgress {
+        ReplicaProgress {
+            applied: Seq(self.applied.load(Ordering::Acquire)),
+            term: Term(self.term.load(Ordering::Acquire)),
+            recovering: self.recovering.load(Ordering::Acquire),
+        }
+    }
+
+    /// Publishes a committed position (the applier is the only writer).
+    fn set_applied(&self, at: Position) {
+        self.applied.store(at.seq.get(), Ordering::Release);
+        self.term.store(at.term.get(), Ordering::Release);
+    }
+
+    pub fn is_recovering(&self) -> bool {
+        self.recovering.load(Ordering::Acquire)
+    }
+
+    /// Stops every task of the replica and waits until they ended. Writes still waiting for
+    /// their entry answer that their outcome is unknown.
+    pub async fn stop(&self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    fn is_primary(&self) -> bool {
+        self.meta.borrow().as_ref().is_some_and(|m| {
+            m.shard(self.shard.as_str())
+                .is_some_and(|s| s.primary.as_ref() == Some(&self.server))
+        })
+    }
+
+    /// An error about this shard, of the given kind (`ApiError::Unavailable`, ...).
+    fn error(&self, kind: fn(String) -> ApiError, what: impl std::fmt::Display) -> ApiError {
+        kind(format!("shard {}: {what}", self.shard))
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,254 @@
+//! One shard replica's SQLite database: the rows, plus the last applied WAL sequence and the
+//! current term, both stored in the same transaction as the data they describe.
+//!
+//! - `sql`: the statements built from the schema, and the stored position.
+//! - `apply`: applying WAL entries (deterministic: the outcome of an entry depends only on
+//!   the entry and the rows) and what each one did ([`Outcome`]).
+//! - this module: opening, reads, snapshots and restores.
+//!
+//! Calls are synchronous and short (a prepared statement or a small transaction), so the
+//! async code runs them in place: no hop to another thread per query, which on two cores
+//! was the largest single cost of a write or a read (README.md, "Performance").
+//! The calls that can take long (a whole snapshot, a restore, a commit that fsyncs in
+//! durable mode) are run on tokio's blocking pool by their callers.
+
+mod apply;
+mod sql;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{params_from_iter, Connection, OpenFlags};
+use serde_json::{Map, Value as Json};
+use shardline::schema::{Dtype, Row, Schema};
+use shardline::{Position, SyncMode};
+
+pub use self::apply::{BatchApplied, Outcome};
+use self::sql::{read_position, set_position, sql_value, Statements};
+
+struct Writer {
+    conn: Connection,
+    /// The position committed last (what `replica_state` holds).
+    at: Position,
+}
+
+/// Idle read connections kept for reuse; more are opened when all are busy.
+const IDLE_READERS: usize = 4;
+/// Read connections opened with the store (reads run in place, so about one per worker
+/// thread is busy at a time).
+const WARM_READERS: usize = 2;
+
+pub struct Store {
+    schema: Schema,
+    sql: Statements,
+    path: PathBuf,
+    sync: SyncMode,
+    /// The single writer connection and the position it has committed (owned by the
+    /// applier; serialised by the mutex).
+    writer: Mutex<Writer>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl Store {
+    pub fn open(path: &Path, schema: &Schema, sync: SyncMode) -> rusqlite::Result<Store> {
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+        conn.pragma_update(None, "synchronous", sync.pragma())?;
+        let cols: Vec<String> = schema
+            .columns
+            .iter()
+            .zip(&schema.dtypes)
+            .enumerate()
+            .map(|(i, (c, d))| {
+                let ty = match d {
+                    Dtype::Number => "INTEGER",
+                    Dtype::String => "TEXT",
+                };
+                if i == 0 {
+                    format!("{} INTEGER PRIMARY KEY", c.sql())
+                } else {
+                    format!("{} {ty} NOT NULL", c.sql())
+                }
+            })
+            .collect();
+        let tx = conn.transaction()?;
+        tx.execute(
+            &format!("CREATE TABLE IF NOT EXISTS records ({})", cols.join(", ")),
+            [],
+        )?;
+        tx.execute(
+            "CREATE TABLE IF NOT EXISTS replica_state (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                applied_seq INTEGER NOT NULL,
+                term INTEGER NOT NULL)",
+            [],
+        )?;
+        tx.execute(
+            "INSERT OR IGNORE INTO replica_state (id, applied_seq, term) VALUES (1, 0, 0)",
+            [],
+        )?;
+        tx.commit()?;
+        let at = read_position(&conn)?;
+        let store = Store {
+            schema: schema.clone(),
+            sql: Statements::new(schema),
+            path: path.to_owned(),
+            sync,
+            writer: Mutex::new(Writer { conn, at }),
+            readers: Mutex::new(Vec::new()),
+        };
+        // Readers opened now, their statements prepared, so the first reads do not pay.
+        let readers = (0..WARM_READERS)
+            .map(|_| store.open_reader())
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        *lock(&store.readers) = readers;
+        Ok(store)
+    }
+
+    fn open_reader(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.prepare_cached(&self.sql.range_json)?;
+        conn.prepare_cached(&self.sql.exists)?;
+        Ok(conn)
+    }
+
+    /// Whether a commit waits for the disk (`synchronous=FULL`): callers then apply on the
+    /// blocking pool rather than in place.
+    pub fn is_durable(&self) -> bool {
+        self.sync.is_durable()
+    }
+
+    /// The applied sequence and term as committed.
+    pub fn position(&self) -> Position {
+        lock(&self.writer).at
+    }
+
+    /// Runs `f` on an idle read connection (opening one when all are busy). Readers see the
+    /// last committed state (WAL mode) and never wait for the writer.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        let idle = lock(&self.readers).pop();
+        let mut conn = match idle {
+            Some(c) => c,
+            None => self.open_reader()?,
+        };
+        let result = f(&mut conn);
+        let mut idle = lock(&self.readers);
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+        result
+    }
+
+    /// Keys among `keys` that exist now (a fast pre-check; the apply is authoritative).
+    pub fn existing(&self, keys: &[i64]) -> rusqlite::Result<Vec<i64>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.read(|conn| {
+            let mut exists = conn.prepare_cached(&self.sql.exists)?;
+            let mut found = Vec::new();
+            for k in keys {
+                if exists.exists([*k])? {
+                    found.push(*k);
+                }
+            }
+            Ok(found)
+        })
+    }
+
+    /// Rows with `low <= key <= high`, in key order, as one JSON array text.
+    pub fn read_range_json(&self, low: i64, high: i64) -> rusqlite::Result<String> {
+        self.read(|conn| {
+            conn.prepare_cached(&self.sql.range_json)?
+                .query_row([low, high], |r| r.get(0))
+        })
+    }
+
+    /// Every row, in key order. Long for a big shard: call it on the blocking pool.
+    pub fn read_all(&self) -> rusqlite::Result<Vec<Json>> {
+        Ok(self.snapshot()?.0)
+    }
+
+    /// Every row plus the `(applied_seq, term)` they are consistent with, read in one
+    /// transaction. Long for a big shard: call it on the blocking pool.
+    pub fn snapshot(&self) -> rusqlite::Result<(Vec<Json>, Position)> {
+        self.read(|conn| {
+            let tx = conn.transaction()?;
+            let at = read_position(&tx)?;
+            let rows = {
+                let mut all = tx.prepare_cached(&self.sql.all)?;
+                let rows = all.query_map([], |r| self.to_json(r))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            tx.commit()?;
+            Ok((rows, at))
+        })
+    }
+
+    /// Replaces the whole replica with a snapshot taken elsewhere. Long for a big
+    /// snapshot: call it on the blocking pool.
+    pub fn restore(&self, rows: &[Row], at: Position) -> rusqlite::Result<()> {
+        let mut w = lock(&self.writer);
+        let tx = w.conn.transaction()?;
+        tx.execute("DELETE FROM records", [])?;
+        {
+            let mut insert = tx.prepare_cached(&self.sql.insert)?;
+            for r in rows {
+                insert.execute(params_from_iter(r.iter().map(sql_value)))?;
+            }
+        }
+        set_position(&tx, at)?;
+        tx.commit()?;
+        w.at = at;
+        Ok(())
+    }
+
+    fn to_json(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<Json> {
+        let mut m = Map::with_capacity(self.schema.columns.len());
+        for (i, (c, d)) in self
+            .schema
+            .columns
+            .iter()
+            .zip(&self.schema.dtypes)
+            .enumerate()
+        {
+            let v = match d {
+                Dtype::Number => Json::from(r.get::<_, i64>(i)?),
+                Dtype::String => Json::from(r.get::<_, String>(i)?),
+            };
+            m.insert(c.as_str().to_owned(), v);
+        }
+        Ok(Json::Object(m))
+    }
+
+    /// Closes the idle read connections (the writer closes when the store is dropped).
+    pub fn close(&self) {
+        lock(&self.readers).clear();
+    }
+}
+
+/// Runs a store call that may take long (a snapshot, a restore, a commit that waits for the
+/// disk) on tokio's blocking pool, so the runtime's workers keep serving.
+pub async fn blocking<T, F>(store: &Arc<Store>, f: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Store) -> rusqlite::Result<T> + Send + 'static,
+{
+    let store = store.clone();
+    Ok(tokio::task::spawn_blocking(move || f(&store)).await??)
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
