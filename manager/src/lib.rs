@@ -302,26 +302,14 @@ async fn serve<R: Runtime>(
     Ok(())
 }
 
-/// Serves `app` until `stop`, then lets requests in flight finish for at most [`DRAIN`] (a
-/// client waiting on a long catch-up must not keep the process alive forever). New
-/// connections are refused as soon as `stop` is cancelled.
+/// Serves the admin API until `stop` is cancelled, then lets calls in flight finish for at
+/// most [`DRAIN`].
 async fn serve_http(
     listener: TcpListener,
     app: axum::Router,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
-    let deadline = async {
-        stop.cancelled().await;
-        tokio::time::sleep(DRAIN).await;
-    };
-    tokio::select! {
-        served = server => served,
-        () = deadline => {
-            tracing::warn!(drain_ms = DRAIN.as_millis() as u64, "requests still in flight after the drain timeout; stopping anyway");
-            Ok(())
-        }
-    }
+    shardline::shutdown::serve_until(listener, app, DRAIN, stop.cancelled_owned()).await
 }
 
 #[cfg(test)]
