@@ -21,6 +21,7 @@ mod read;
 mod router;
 mod status;
 mod topology;
+mod ui;
 mod upstream;
 mod write;
 
@@ -175,6 +176,7 @@ async fn main() -> anyhow::Result<()> {
     let state = Arc::new(router::AppState {
         config,
         read_id,
+        ui: ui::Dashboard::spawn(topology.clone()),
         topology,
         jetstream,
         upstream,

@@ -104,7 +104,7 @@ fn render(
     })
 }
 
-async fn last_seq(js: &jetstream::Context, shard: &ShardId) -> Option<Seq> {
+pub(crate) async fn last_seq(js: &jetstream::Context, shard: &ShardId) -> Option<Seq> {
     let name = stream_name(shard);
     match tokio::time::timeout(NATS_TIMEOUT, js.get_stream(&name)).await {
         Ok(Ok(stream)) => Some(Seq(stream.cached_info().state.last_sequence)),
