@@ -215,7 +215,8 @@ function drawChart(root, series, unit) {
   for (const f of [0, 0.5, 1]) {
     const y = top + (1 - f) * (H - top - bottom);
     root.appendChild(svg("line", { x1: 0, x2: W, y1: y, y2: y, class: "grid" }));
-    root.appendChild(svg("text", { x: 4, y: y - 2 }, `${+(max * f).toPrecision(3)}${unit}`));
+    const label = f === 1 ? y + 12 : y - 2; // the top label below its line, inside the chart
+    root.appendChild(svg("text", { x: 4, y: label }, `${+(max * f).toPrecision(3)}${unit}`));
   }
   root.appendChild(svg("text", { x: 4, y: H - 3 }, "−5 min"));
   root.appendChild(svg("text", { x: W - 4, y: H - 3, "text-anchor": "end" }, "now"));
@@ -303,6 +304,9 @@ async function loadWal(shard) {
   try {
     const t = await getJson(`/ui/api/wal/${encodeURIComponent(shard)}?n=${encodeURIComponent(n)}`);
     const root = $("wal");
+    // Oldest first, as the NATS CLI prints them; keep the newest in view unless the reader
+    // scrolled up.
+    const follow = root.scrollTop + root.clientHeight >= root.scrollHeight - 8;
     clear(root);
     status.className = "muted";
     status.textContent = `stream ${t.stream}: sequences ${t.first_seq}…${t.last_seq}, showing ${t.messages.length}`;
@@ -314,6 +318,7 @@ async function loadWal(shard) {
       root.appendChild(pre);
     }
     if (!t.messages.length) root.appendChild(el("p", "muted", "the WAL is empty"));
+    if (follow) root.scrollTop = root.scrollHeight;
   } catch (e) {
     clear($("wal"));
     status.className = "bad";

@@ -214,11 +214,21 @@ pub fn changes(old: Option<&Topology>, new: &Topology) -> Vec<Change> {
     }
 }
 
+/// "6 servers, 4 shards; primaries sh1=Server0, …": the state a first snapshot starts from.
 fn size(meta: &ClusterMeta) -> String {
+    let primaries: Vec<String> = meta
+        .shards
+        .iter()
+        .map(|s| match &s.primary {
+            Some(p) => format!("{}={p}", s.id),
+            None => format!("{}=none", s.id),
+        })
+        .collect();
     format!(
-        "{} servers, {} shards",
+        "{} servers, {} shards; primaries {}",
         meta.servers.len(),
-        meta.shards.len()
+        meta.shards.len(),
+        primaries.join(", ")
     )
 }
 

@@ -3,8 +3,8 @@
 //! the JSON endpoints below and draws the cluster. `GET /` redirects there.
 //!
 //! - `GET /ui/api/cluster?since=<event id>&wait_ms=<≤1000>` ([`view`]): shards, servers,
-//!   replicas with applied sequence and lag, WAL lengths, NATS state, and the events after
-//!   `since`. With `wait_ms` it answers as soon as a new event exists, or after `wait_ms`:
+//!   replicas with applied sequence and lag, WAL lengths (the JetStream queries of `/status`),
+//!   NATS state, and the events after `since`. With `wait_ms` it answers as soon as a new event exists, or after `wait_ms`:
 //!   the page sees a failover at once and polls about once a second otherwise.
 //! - `GET /ui/api/traffic` ([`traffic`]): writes and reads per second and their p99 over the
 //!   last five minutes, from counters the metrics middleware keeps.
@@ -19,6 +19,7 @@ pub mod traffic;
 pub mod view;
 pub mod wal;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ use shardline::names::ShardId;
 use shardline::ApiError;
 
 use crate::router::AppState;
+use crate::status;
 use crate::topology::{Topology, TopologyRx};
 use view::ClusterView;
 
@@ -180,15 +182,29 @@ async fn cluster(
             view.state = "configured";
             view.revision = c.revision;
             // With NATS away, say so rather than wait for each stream's timeout.
+            let mut acked = HashMap::new();
             let last = if nats == "connected" {
                 let js = &state.jetstream;
-                join_all(
-                    c.meta
-                        .shards
-                        .iter()
-                        .map(|s| crate::status::last_seq(js, &s.id)),
-                )
-                .await
+                let replicas: Vec<_> = c
+                    .meta
+                    .servers
+                    .iter()
+                    .flat_map(|(name, s)| s.shards.iter().map(move |sh| (name, sh)))
+                    .collect();
+                let (last, floors) = tokio::join!(
+                    join_all(c.meta.shards.iter().map(|s| status::last_seq(js, &s.id))),
+                    join_all(
+                        replicas
+                            .iter()
+                            .map(|(srv, sh)| status::ack_floor(js, sh, srv))
+                    ),
+                );
+                for ((srv, sh), seq) in replicas.into_iter().zip(floors) {
+                    if let Some(seq) = seq {
+                        acked.insert((srv.as_str(), sh.as_str()), seq);
+                    }
+                }
+                last
             } else {
                 view.hint = Some(format!(
                     "NATS is {nats}: showing the last cluster metadata this gateway saw; WAL \
@@ -196,7 +212,8 @@ async fn cluster(
                 ));
                 Vec::new()
             };
-            (view.shards, view.servers) = view::render(&c.meta, &last);
+            (view.shards, view.servers) =
+                view::render(&c.meta, &last, |srv, sh| acked.get(&(srv, sh)).copied());
             view.key_space = view::key_space(&c.meta);
         }
     }

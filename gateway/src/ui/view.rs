@@ -2,9 +2,10 @@
 //! shards, every (shard, server) replica with its role, applied sequence and lag, the WAL
 //! length of each shard, whether NATS answers, and the events since the page's last poll.
 //!
-//! Applied sequences are the ones the manager last recorded from its heartbeats
-//! (`ClusterMeta.servers[..].applied`), so the page costs the cluster nothing per replica;
-//! only each shard's stream length is asked from JetStream (as `/status` does).
+//! Progress comes from JetStream as for `/status` (same queries, `crate::status`): each
+//! shard's stream length and each replica's durable-consumer ack floor, falling back to what
+//! the manager last recorded in the metadata (`servers[..].applied`) when NATS does not tell.
+//! The ack floor trails the replica's applied sequence by at most its ack interval (50 ms).
 
 use serde::Serialize;
 use shardline::meta::{ClusterMeta, Health};
@@ -65,7 +66,7 @@ pub struct ReplicaView {
     /// unless it is up, then its role for this shard.
     pub role: &'static str,
     pub primary: bool,
-    /// Last WAL sequence the replica applied, as last reported to the manager.
+    /// Last WAL sequence the replica applied (its consumer's ack floor).
     pub applied: Option<Seq>,
     /// `wal_last_seq - applied`, when both are known.
     pub lag: Option<u64>,
@@ -82,8 +83,12 @@ pub struct ServerView {
 }
 
 /// The configured part of the view, given each shard's last WAL sequence in `meta.shards`
-/// order.
-pub fn render(meta: &ClusterMeta, last: &[Option<Seq>]) -> (Vec<ShardView>, Vec<ServerView>) {
+/// order and the applied sequence of a (server, shard) replica where NATS told it.
+pub fn render(
+    meta: &ClusterMeta,
+    last: &[Option<Seq>],
+    acked: impl Fn(&str, &str) -> Option<Seq>,
+) -> (Vec<ShardView>, Vec<ServerView>) {
     let shards = meta
         .shards
         .iter()
@@ -95,7 +100,8 @@ pub fn render(meta: &ClusterMeta, last: &[Option<Seq>]) -> (Vec<ShardView>, Vec<
                 .filter_map(|name| {
                     let m = meta.servers.get(name.as_str())?;
                     let is_primary = primary == Some(name.as_str());
-                    let applied = m.applied.get(s.id.as_str()).copied();
+                    let applied = acked(name.as_str(), s.id.as_str())
+                        .or_else(|| m.applied.get(s.id.as_str()).copied());
                     Some(ReplicaView {
                         server: name.to_string(),
                         role: role(m.health, is_primary),
@@ -178,7 +184,9 @@ mod tests {
             );
         }
         meta.shards[0].primary = Some(ServerName::parse("Server2").unwrap());
-        let (shards, servers) = render(&meta, &[Some(Seq(9))]);
+        // NATS tells Server4's progress; the others fall back to the metadata's.
+        let acked = |srv: &str, sh: &str| ((srv, sh) == ("Server4", "sh1")).then_some(Seq(8));
+        let (shards, servers) = render(&meta, &[Some(Seq(9))], acked);
         let sh1 = &shards[0];
         assert_eq!(sh1.wal_last_seq, Some(Seq(9)));
         let cells: Vec<_> = sh1
@@ -191,7 +199,7 @@ mod tests {
             [
                 ("Server0", "secondary", false, Some(2)),
                 ("Server2", "down", true, Some(6)),
-                ("Server4", "secondary", false, None),
+                ("Server4", "secondary", false, Some(1)),
             ]
         );
         // No stream length known: no lag.
