@@ -172,7 +172,8 @@ function renderCluster(v) {
     ? `${v.servers.length} servers · ${v.shards.length} shards · ${primaries}/${v.shards.length} with a primary · metadata revision ${v.revision}`
     : "";
   $("updated").textContent = `updated ${clock(v.now_ms)}`;
-  banner(v.hint, v.example, v.nats !== "connected" || v.state === "loading");
+  const example = v.example ? v.example.replace("<gateway>", location.origin) : null;
+  banner(v.hint, example, v.nats !== "connected" || v.state === "loading");
   renderKeySpace(v);
   renderGrid(v);
   renderEvents(v);

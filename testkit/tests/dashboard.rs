@@ -7,11 +7,13 @@
 //! shows every server and shard of A1 with the primaries `/status` names; data that looks like
 //! markup (a row's String value in the WAL tail, an error text echoing a bad shard name) shows
 //! as text and creates no element; after `kill -9` of a primary the page shows the new primary
-//! and an election event within 3 s, and later the respawn and catch-up.
+//! and an election event within 3 s, and later the respawn and catch-up; a hung primary
+//! (SIGSTOP) shows as down in the grid until it answers again.
 //!
 //! Without a `chromium` on the PATH (or `CHROMIUM_BIN`) the test is skipped with a message,
-//! unless `CI` is set: then it fails. With `DASHBOARD_SCREENSHOT=<path.png>` it also saves a
-//! screenshot of the page during the failover (how `docs/dashboard.png` was made).
+//! unless `CI` is set: then it fails. With `DASHBOARD_SCREENSHOT=<path.png>` it also runs the
+//! light load 40 s longer and saves a screenshot while a primary hangs (SIGSTOP) after the
+//! kill: how `docs/dashboard.png` was made.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};

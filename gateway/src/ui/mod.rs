@@ -144,11 +144,7 @@ async fn cluster(
             events.wait_newer(since, wait.min(MAX_WAIT)).await;
         }
     }
-    let nats = match state.jetstream.client().connection_state() {
-        async_nats::connection::State::Connected => "connected",
-        async_nats::connection::State::Disconnected => "disconnected",
-        async_nats::connection::State::Pending => "pending",
-    };
+    let nats = nats_state(&state);
     let topology = state.topology.borrow().clone();
     let (list, events_reset) = events.since(since);
     let mut view = ClusterView {
@@ -220,6 +216,15 @@ async fn cluster(
     Ok(no_store(Json(view)))
 }
 
+/// The gateway's NATS connection, in a word.
+fn nats_state(state: &AppState) -> &'static str {
+    match state.jetstream.client().connection_state() {
+        async_nats::connection::State::Connected => "connected",
+        async_nats::connection::State::Disconnected => "disconnected",
+        async_nats::connection::State::Pending => "pending",
+    }
+}
+
 async fn traffic() -> Response {
     no_store(Json(traffic::snapshot()))
 }
@@ -234,6 +239,12 @@ async fn wal_tail(
     let topology = state.topology.borrow().clone();
     if topology.cluster()?.meta.shard(shard.as_str()).is_none() {
         return Err(ApiError::NotFound(format!("no shard {shard}")));
+    }
+    let nats = nats_state(&state);
+    if nats != "connected" {
+        return Err(ApiError::Unavailable(format!(
+            "NATS is {nats}: the WAL cannot be read"
+        )));
     }
     let tail = wal::tail(&state.jetstream, &shard, n).await?;
     Ok(no_store(Json(tail)))

@@ -14,12 +14,15 @@ use shardline::Seq;
 use super::events::Event;
 
 /// Shown when nobody has called `/init` yet.
-pub const INIT_HINT: &str =
-    "The cluster is not configured yet. Configure it with POST /init, e.g. \
-(the assignment's A1 layout):";
-pub const INIT_EXAMPLE: &str =
-    "curl -X POST http://<gateway>/init -H 'Content-Type: application/json' \
---data @workloads/a1.init.json";
+pub const INIT_HINT: &str = "The cluster is not configured yet. Configure it with POST /init, \
+e.g. three servers holding two shards (or --data @workloads/a1.init.json for the assignment's A1):";
+/// `<gateway>` is replaced by the page's own origin.
+pub const INIT_EXAMPLE: &str = r#"curl -X POST <gateway>/init -H 'Content-Type: application/json' -d '{
+  "N": 3,
+  "schema": {"columns": ["Stud_id", "Stud_name", "Stud_marks"], "dtypes": ["Number", "String", "Number"]},
+  "shards": [{"Stud_id_low": 0, "Shard_id": "sh1", "Shard_size": 4096},
+             {"Stud_id_low": 4096, "Shard_id": "sh2", "Shard_size": 4096}],
+  "servers": {"Server0": ["sh1", "sh2"], "Server1": ["sh1", "sh2"], "Server2": ["sh1", "sh2"]}}'"#;
 
 #[derive(Debug, Serialize)]
 pub struct ClusterView {
@@ -207,5 +210,17 @@ mod tests {
         assert_eq!(servers.len(), 3);
         assert_eq!(servers[1].primaries, 1);
         assert_eq!(key_space(&meta), Some((0, 16384)));
+    }
+
+    /// The hint's example is a valid /init body.
+    #[test]
+    fn the_init_example_is_valid() {
+        let body = INIT_EXAMPLE
+            .split_once("-d '")
+            .unwrap()
+            .1
+            .trim_end_matches('\'');
+        let req: shardline::meta::InitRequest = serde_json::from_str(body).unwrap();
+        req.validate().unwrap();
     }
 }
