@@ -8,7 +8,8 @@
 //! markup (a row's String value in the WAL tail, an error text echoing a bad shard name) shows
 //! as text and creates no element; after `kill -9` of a primary the page shows the new primary
 //! and an election event within 3 s, and later the respawn and catch-up; a hung primary
-//! (SIGSTOP) shows as down in the grid until it answers again.
+//! (SIGSTOP) shows as down in the grid until it answers again; with NATS killed the page says
+//! so and keeps the last metadata.
 //!
 //! Without a `chromium` on the PATH (or `CHROMIUM_BIN`) the test is skipped with a message,
 //! unless `CI` is set: then it fails. With `DASHBOARD_SCREENSHOT=<path.png>` it also runs the
@@ -408,7 +409,13 @@ async fn the_dashboard_follows_the_cluster_in_a_real_browser() {
         );
         return;
     };
-    let c = Cluster::start().await;
+    let mut c = Cluster::start().await;
+    // `/` leads to the page.
+    let (code, body) = c.get("/").await;
+    assert_eq!(code, 200, "GET / (redirected): {body}");
+    assert!(body
+        .as_str()
+        .is_some_and(|h| h.contains(r#"src="/ui/dashboard.js""#)));
     let mut b = Browser::launch(&bin, c.logs_dir().join("chromium.log"));
     b.open(&format!("{}/ui#wal=sh1", c.gateway_url()));
 
@@ -502,6 +509,12 @@ async fn the_dashboard_follows_the_cluster_in_a_real_browser() {
     assert_eq!(page.0["b_elements"], 0, "an error text became markup");
     assert!(page.html().contains("&lt;b&gt;x&lt;/b&gt;"));
     b.eval("location.hash = '#wal=sh1'");
+    // The same validation without the page.
+    check::failure(&c.get("/ui/api/wal/sh9").await, 404, "no shard sh9").unwrap();
+    check::failure(&c.get("/ui/api/wal/sh1?n=0").await, 400, "n must be").unwrap();
+    let (code, tail) = c.get("/ui/api/wal/sh1?n=1").await;
+    assert_eq!(code, 200, "{tail}");
+    assert_eq!(tail["messages"].as_array().map(Vec::len), Some(1), "{tail}");
 
     // Failover: kill -9 sh1's primary; the page shows the successor and the election.
     let load = light_load(&c);
@@ -577,4 +590,14 @@ async fn the_dashboard_follows_the_cluster_in_a_real_browser() {
     })
     .await;
     load.abort();
+
+    // NATS gone: the page says so and keeps showing the last metadata it had.
+    c.nats_mut().kill();
+    wait_page(&mut b, PAGE, "that NATS is down", |p| {
+        p.0["banner"]
+            .as_str()
+            .is_some_and(|t| t.contains("NATS is disconnected"))
+            && p.strings("servers") == servers
+    })
+    .await;
 }
