@@ -351,7 +351,7 @@ fn health(h: Health) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::write::tests::a1;
+    use crate::ui::tests::a1;
     use shardline::meta::ServerMeta;
     use shardline::names::{ServerName, ShardId};
     use shardline::Term;
@@ -439,6 +439,47 @@ mod tests {
         );
         assert_eq!(c[0].text, "Server9 added with sh1, sh2 (recovering)");
         assert_eq!(c[2].text, "sh1: Server9 elected primary, term 3");
+    }
+
+    #[test]
+    fn configuring_and_first_sight_are_events_loading_is_not() {
+        let configured = |primary: &str| {
+            let mut meta = a1();
+            server(&mut meta, primary, &["sh1"], Health::Up);
+            lead(&mut meta, "sh1", primary, 1);
+            Topology::Configured(Box::new(crate::topology::Cluster::new(
+                meta,
+                7,
+                shardline::ring::RingHash::Mixed,
+            )))
+        };
+        let (a, b) = (configured("Server0"), configured("Server2"));
+        let one = |old: Option<&Topology>, new: &Topology| {
+            let c = changes(old, new);
+            assert!(c.len() <= 1, "{c:?}");
+            c.first().map(|c| (c.kind, c.text.clone()))
+        };
+        assert_eq!(one(None, &Topology::Loading), None);
+        assert_eq!(one(Some(&Topology::Loading), &Topology::Unconfigured), None);
+        let (kind, text) = one(Some(&Topology::Loading), &a).unwrap();
+        assert_eq!(kind, Kind::Connected);
+        assert!(
+            text.contains("revision 7") && text.contains("sh1=Server0, sh2=none"),
+            "{text}"
+        );
+        assert_eq!(
+            one(Some(&Topology::Unconfigured), &a).unwrap().0,
+            Kind::Configured
+        );
+        assert_eq!(
+            one(Some(&a), &Topology::Unconfigured).unwrap().0,
+            Kind::Unconfigured
+        );
+        let failover = changes(Some(&a), &b);
+        assert!(
+            failover.iter().any(|c| c.kind == Kind::Election),
+            "{failover:?}"
+        );
     }
 
     #[test]
