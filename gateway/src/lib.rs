@@ -25,6 +25,7 @@ pub mod read;
 pub mod router;
 pub mod status;
 pub mod topology;
+mod ui;
 pub mod upstream;
 pub mod write;
 
@@ -65,6 +66,7 @@ pub async fn run(
     let state = Arc::new(router::AppState {
         config,
         read_id,
+        ui: ui::Dashboard::spawn(topology.clone()),
         topology,
         jetstream,
         upstream,
