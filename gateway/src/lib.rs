@@ -38,7 +38,7 @@ use anyhow::Context as _;
 pub use config::Config;
 
 /// Serves the API on `listener` until `shutdown` resolves, then drains requests in flight for
-/// at most `--drain-timeout-secs` and closes the NATS connection.
+/// at most `--drain-timeout-ms` and closes the NATS connection.
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
@@ -58,7 +58,7 @@ pub async fn run(
     let http = upstream::manager_client()?;
 
     let addr = listener.local_addr()?;
-    let drain = Duration::from_secs(config.drain_timeout_secs);
+    let drain = Duration::from_millis(config.drain_timeout_ms);
     // This gateway's place on the read rings (`--read-policy affinity`): random per process,
     // so several gateways spread their reads over a shard's replicas.
     let read_id: u64 = rand::random();

@@ -48,10 +48,10 @@ pub struct Config {
     #[arg(long, env = "SHARDLINE_SERVER_NAME")]
     pub name: String,
     /// Address to listen on; port 0 picks a free port (printed as `LISTENING <addr>`).
-    #[arg(long, env = "SHARDLINE_LISTEN", default_value = "127.0.0.1:0")]
+    #[arg(long, env = "SHARDLINE_SERVER_LISTEN", default_value = "127.0.0.1:0")]
     pub listen: String,
     /// Directory for this server's shard databases.
-    #[arg(long, env = "SHARDLINE_DATA_DIR")]
+    #[arg(long, env = "SHARDLINE_SERVER_DATA_DIR")]
     pub data_dir: PathBuf,
     /// NATS server URL.
     #[arg(
