@@ -6,7 +6,7 @@ SHELL := bash
 NATS_SERVER_BIN := $(CURDIR)/.tools/bin/nats-server
 VENV := $(CURDIR)/.venv
 
-.PHONY: help run stop build test lint clean nats venv
+.PHONY: help run stop build test lint clean nats venv chromium
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | \
@@ -32,7 +32,15 @@ $(VENV)/.installed: tests/python/requirements.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 	touch $@
 
-test: nats venv ## install nats-server and the python tools, build the debug binaries, run every test
+# Debian's chromium, for the dashboard's browser test (testkit/tests/dashboard.rs).
+chromium: ## install Debian's chromium (headless browser test of /ui) if it is missing
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	    sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    echo "installing chromium (apt-get) for the dashboard's browser test"; \
+	    $$sudo apt-get update && $$sudo apt-get install -y chromium; \
+	fi
+
+test: nats venv chromium ## install nats-server, the python tools and chromium, build the debug binaries, run every test
 	cargo build --workspace --bins
 	@if docker info >/dev/null 2>&1; then \
 	    echo "Docker engine reachable: building the images for the Docker end-to-end tests"; \

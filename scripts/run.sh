@@ -22,8 +22,8 @@ NATS_PORT="${SHARDLINE_NATS_PORT:-4222}"
 MANAGER_PORT="${SHARDLINE_MANAGER_PORT:-5001}"
 GATEWAY_PORT="${SHARDLINE_GATEWAY_PORT:-5000}"
 NATS_CONF="${SHARDLINE_NATS_CONF:-nats/nats-server.conf}"
-export SHARDLINE_DATA_DIR="$ROOT/data" # read by stop.sh
-DATA="$SHARDLINE_DATA_DIR"
+export SHARDLINE_RUN_DIR="$ROOT/data" # read by stop.sh
+DATA="$SHARDLINE_RUN_DIR"
 LOGS="$DATA/logs"
 RUN="$DATA/run"
 NATS_URL="nats://127.0.0.1:$NATS_PORT"
@@ -159,7 +159,7 @@ start nats "$LOGS/nats.log" "$ROOT/.tools/bin/nats-server" \
 wait_for "nats-server on port $NATS_PORT" 30 nats tcp_open "$NATS_PORT"
 
 start manager "$LOGS/manager.log" "$ROOT/target/release/manager" \
-    --listen "127.0.0.1:$MANAGER_PORT" --nats-url "$NATS_URL" --data-dir "$DATA/servers"
+    --listen "127.0.0.1:$MANAGER_PORT" --nats-url "$NATS_URL" --servers-dir "$DATA/servers"
 wait_for "manager $MANAGER_URL/healthz" 60 manager http_ok "$MANAGER_URL/healthz"
 
 start gateway "$LOGS/gateway.log" "$ROOT/target/release/gateway" \

@@ -7,7 +7,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-DATA="${SHARDLINE_DATA_DIR:-$ROOT/data}"
+DATA="${SHARDLINE_RUN_DIR:-$ROOT/data}"
 RUN="$DATA/run"
 
 # shellcheck source=scripts/lib.sh

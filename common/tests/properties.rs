@@ -259,7 +259,7 @@ fn candidate() -> impl Strategy<Value = String> {
 
 proptest! {
     /// Shard, server and column names are accepted exactly when they match the grammar
-    /// written in shared/API.md.
+    /// written in docs/API.md.
     #[test]
     fn names_accept_exactly_the_documented_grammar(s in candidate()) {
         let node = regex::Regex::new(r"^[A-Za-z0-9_-]{1,64}$").unwrap();

@@ -51,7 +51,7 @@ async fn forward(
     let mut req = state
         .http
         .request(method, &url)
-        .timeout(Duration::from_secs(state.config.admin_timeout_secs))
+        .timeout(Duration::from_millis(state.config.admin_timeout_ms))
         .json(&body);
     if let Some(auth) = headers.get(AUTHORIZATION) {
         req = req.header(AUTHORIZATION, auth);

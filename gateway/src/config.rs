@@ -70,16 +70,20 @@ pub struct Config {
         default_value_t = 10_000
     )]
     pub request_timeout_ms: u64,
-    /// Timeout of a forwarded admin call (/init spawns servers), in seconds.
+    /// Timeout of a forwarded admin call (/init spawns servers), in milliseconds.
     #[arg(
         long,
-        env = "SHARDLINE_GATEWAY_ADMIN_TIMEOUT_SECS",
-        default_value_t = 300
+        env = "SHARDLINE_GATEWAY_ADMIN_TIMEOUT_MS",
+        default_value_t = 300_000
     )]
-    pub admin_timeout_secs: u64,
-    /// On SIGTERM/SIGINT, how long requests in flight may take to finish, in seconds.
-    #[arg(long, env = "SHARDLINE_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
-    pub drain_timeout_secs: u64,
+    pub admin_timeout_ms: u64,
+    /// On SIGTERM/SIGINT, how long requests in flight may take to finish, in milliseconds.
+    #[arg(
+        long,
+        env = "SHARDLINE_GATEWAY_DRAIN_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub drain_timeout_ms: u64,
     /// How long a write waits for a new primary after its primary failed or refused, in ms.
     #[arg(
         long,
@@ -106,9 +110,9 @@ impl std::fmt::Debug for Config {
             .field("max_read_rows", &self.max_read_rows)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .field("request_timeout_ms", &self.request_timeout_ms)
-            .field("admin_timeout_secs", &self.admin_timeout_secs)
+            .field("admin_timeout_ms", &self.admin_timeout_ms)
             .field("failover_wait_ms", &self.failover_wait_ms)
-            .field("drain_timeout_secs", &self.drain_timeout_secs)
+            .field("drain_timeout_ms", &self.drain_timeout_ms)
             .finish()
     }
 }

@@ -25,6 +25,7 @@ pub mod read;
 pub mod router;
 pub mod status;
 pub mod topology;
+mod ui;
 pub mod upstream;
 pub mod write;
 
@@ -37,7 +38,7 @@ use anyhow::Context as _;
 pub use config::Config;
 
 /// Serves the API on `listener` until `shutdown` resolves, then drains requests in flight for
-/// at most `--drain-timeout-secs` and closes the NATS connection.
+/// at most `--drain-timeout-ms` and closes the NATS connection.
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
@@ -57,7 +58,7 @@ pub async fn run(
     let http = upstream::manager_client()?;
 
     let addr = listener.local_addr()?;
-    let drain = Duration::from_secs(config.drain_timeout_secs);
+    let drain = Duration::from_millis(config.drain_timeout_ms);
     // This gateway's place on the read rings (`--read-policy affinity`): random per process,
     // so several gateways spread their reads over a shard's replicas.
     let read_id: u64 = rand::random();
@@ -65,6 +66,7 @@ pub async fn run(
     let state = Arc::new(router::AppState {
         config,
         read_id,
+        ui: ui::Dashboard::spawn(topology.clone()),
         topology,
         jetstream,
         upstream,

@@ -84,6 +84,7 @@ pub async fn track(req: Request, next: Next) -> Response {
         ("method", method),
         ("status", response.status().as_u16().to_string()),
     ];
+    crate::ui::traffic::record(&labels[0].1, response.status().as_u16(), start.elapsed());
     metrics::counter!(REQUESTS, &labels).increment(1);
     metrics::histogram!(REQUEST_SECONDS, &labels).record(start.elapsed().as_secs_f64());
     response

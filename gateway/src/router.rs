@@ -29,6 +29,8 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// Renders the process's metrics for `GET /metrics`.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// The dashboard's event list (`/ui`).
+    pub ui: crate::ui::Dashboard,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -50,6 +52,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))
         .route("/openapi.json", get(openapi::serve))
+        .merge(crate::ui::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -104,7 +104,7 @@ fn render(
     })
 }
 
-async fn last_seq(js: &jetstream::Context, shard: &ShardId) -> Option<Seq> {
+pub(crate) async fn last_seq(js: &jetstream::Context, shard: &ShardId) -> Option<Seq> {
     let name = stream_name(shard);
     match tokio::time::timeout(NATS_TIMEOUT, js.get_stream(&name)).await {
         Ok(Ok(stream)) => Some(Seq(stream.cached_info().state.last_sequence)),
@@ -116,7 +116,11 @@ async fn last_seq(js: &jetstream::Context, shard: &ShardId) -> Option<Seq> {
     }
 }
 
-async fn ack_floor(js: &jetstream::Context, shard: &ShardId, server: &ServerName) -> Option<Seq> {
+pub(crate) async fn ack_floor(
+    js: &jetstream::Context,
+    shard: &ShardId,
+    server: &ServerName,
+) -> Option<Seq> {
     let stream = js.get_stream_no_info(stream_name(shard)).await.ok()?;
     match tokio::time::timeout(NATS_TIMEOUT, stream.consumer_info(server.as_str())).await {
         Ok(Ok(info)) => Some(Seq(info.ack_floor.stream_sequence)),

@@ -83,9 +83,15 @@ pub struct Config {
     /// NATS credentials; also handed to the shard servers, as environment variables.
     #[command(flatten)]
     pub nats_auth: shardline::nats::NatsAuthArgs,
-    /// Where the process runtime keeps one directory per server.
-    #[arg(long, env = "SHARDLINE_DATA_DIR", default_value = "./data/servers")]
-    pub data_dir: PathBuf,
+    /// Where the process runtime keeps one directory per server (`--data-dir` is the old
+    /// spelling).
+    #[arg(
+        long,
+        alias = "data-dir",
+        env = "SHARDLINE_SERVERS_DIR",
+        default_value = "./data/servers"
+    )]
+    pub servers_dir: PathBuf,
     /// Where shard servers run: `process` (local child processes) or `docker` (containers).
     #[arg(long, env = "SHARDLINE_RUNTIME", value_enum, default_value = "process")]
     pub runtime: RuntimeKind,
@@ -116,9 +122,14 @@ pub struct Config {
     /// JetStream replicas per WAL stream (3 with a 3-node NATS cluster).
     #[arg(long, env = "SHARDLINE_STREAM_REPLICAS", default_value_t = 1)]
     pub stream_replicas: usize,
-    /// Heartbeat interval in milliseconds.
-    #[arg(long, env = "SHARDLINE_HEARTBEAT_MS", default_value_t = 300)]
-    pub heartbeat_ms: u64,
+    /// Heartbeat interval in milliseconds (`--heartbeat-ms` is the old spelling).
+    #[arg(
+        long,
+        alias = "heartbeat-ms",
+        env = "SHARDLINE_HEARTBEAT_INTERVAL_MS",
+        default_value_t = 300
+    )]
+    pub heartbeat_interval_ms: u64,
     /// Heartbeat timeout in milliseconds.
     #[arg(long, env = "SHARDLINE_HEARTBEAT_TIMEOUT_MS", default_value_t = 250)]
     pub heartbeat_timeout_ms: u64,
@@ -128,9 +139,9 @@ pub struct Config {
     /// Respawns allowed per server within 5 minutes before it is marked failed.
     #[arg(long, env = "SHARDLINE_MAX_RESPAWNS", default_value_t = 5)]
     pub max_respawns: usize,
-    /// Seconds a new or respawned server may take to catch up.
-    #[arg(long, env = "SHARDLINE_CATCH_UP_TIMEOUT_S", default_value_t = 300)]
-    pub catch_up_timeout_s: u64,
+    /// Milliseconds a new or respawned server may take to catch up.
+    #[arg(long, env = "SHARDLINE_CATCH_UP_TIMEOUT_MS", default_value_t = 300_000)]
+    pub catch_up_timeout_ms: u64,
     /// Stop the servers when the manager is asked to stop (SIGINT/SIGTERM); a manager that
     /// is killed leaves them running either way.
     #[arg(long, env = "SHARDLINE_STOP_SERVERS_ON_EXIT", default_value_t = true, action = clap::ArgAction::Set)]
@@ -204,10 +215,10 @@ async fn start(
                     .context("executable has no directory")?
                     .join("shard-server"),
             };
-            std::fs::create_dir_all(&config.data_dir)?;
+            std::fs::create_dir_all(&config.servers_dir)?;
             let runtime = ProcessRuntime {
                 bin,
-                data_dir: std::fs::canonicalize(&config.data_dir)?,
+                data_dir: std::fs::canonicalize(&config.servers_dir)?,
                 args: server_args,
                 env: server_env,
             };
@@ -268,7 +279,7 @@ async fn serve<R: Runtime>(
         runtime,
         ShardClient::build()?,
         Settings {
-            catch_up_timeout: Duration::from_secs(config.catch_up_timeout_s),
+            catch_up_timeout: Duration::from_millis(config.catch_up_timeout_ms),
         },
     ));
     // The monitor keeps watching while admin calls drain, and stops before the servers do
@@ -277,7 +288,7 @@ async fn serve<R: Runtime>(
     let monitor = tokio::spawn(monitor::run(
         control.clone(),
         monitor::Settings {
-            interval: Duration::from_millis(config.heartbeat_ms),
+            interval: Duration::from_millis(config.heartbeat_interval_ms),
             timeout: Duration::from_millis(config.heartbeat_timeout_ms),
             dead_after: config.dead_after,
             max_respawns: config.max_respawns,
@@ -302,26 +313,14 @@ async fn serve<R: Runtime>(
     Ok(())
 }
 
-/// Serves `app` until `stop`, then lets requests in flight finish for at most [`DRAIN`] (a
-/// client waiting on a long catch-up must not keep the process alive forever). New
-/// connections are refused as soon as `stop` is cancelled.
+/// Serves the admin API until `stop` is cancelled, then lets calls in flight finish for at
+/// most [`DRAIN`].
 async fn serve_http(
     listener: TcpListener,
     app: axum::Router,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
-    let deadline = async {
-        stop.cancelled().await;
-        tokio::time::sleep(DRAIN).await;
-    };
-    tokio::select! {
-        served = server => served,
-        () = deadline => {
-            tracing::warn!(drain_ms = DRAIN.as_millis() as u64, "requests still in flight after the drain timeout; stopping anyway");
-            Ok(())
-        }
-    }
+    shardline::shutdown::serve_until(listener, app, DRAIN, stop.cancelled_owned()).await
 }
 
 #[cfg(test)]

@@ -48,10 +48,10 @@ pub struct Config {
     #[arg(long, env = "SHARDLINE_SERVER_NAME")]
     pub name: String,
     /// Address to listen on; port 0 picks a free port (printed as `LISTENING <addr>`).
-    #[arg(long, env = "SHARDLINE_LISTEN", default_value = "127.0.0.1:0")]
+    #[arg(long, env = "SHARDLINE_SERVER_LISTEN", default_value = "127.0.0.1:0")]
     pub listen: String,
     /// Directory for this server's shard databases.
-    #[arg(long, env = "SHARDLINE_DATA_DIR")]
+    #[arg(long, env = "SHARDLINE_SERVER_DATA_DIR")]
     pub data_dir: PathBuf,
     /// NATS server URL.
     #[arg(
@@ -131,40 +131,10 @@ pub async fn run(
     let app = api::router(server.clone(), config.body_limit).merge(metrics::router(metrics));
     // Bounded by the commit timeout: a write in flight either commits or answers 503 by then.
     let drain = config.commit_timeout() + Duration::from_secs(1);
-    serve(listener, app, drain, shutdown).await?;
+    shardline::shutdown::serve_until(listener, app, drain, shutdown).await?;
     server.shutdown().await;
     tracing::info!(server = %server.name, "shard-server stopped");
     Ok(())
-}
-
-/// Serves `app` until `shutdown` resolves, then lets requests in flight finish for at most
-/// `drain`. New connections are refused as soon as `shutdown` resolves. (The same as
-/// `shardline::shutdown::serve`, with the stop condition given by the caller.)
-async fn serve(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    drain: Duration,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let deadline = async move {
-        if stop_rx.wait_for(|stopped| *stopped).await.is_ok() {
-            tokio::time::sleep(drain).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        served = server => served,
-        () = deadline => {
-            tracing::warn!(drain_ms = drain.as_millis() as u64, "requests still in flight after the drain timeout; stopping anyway");
-            Ok(())
-        }
-    }
 }
 
 /// A server restarted under its old name finds its shards in the metadata and resumes them
