@@ -12,6 +12,8 @@ use gateway::Config;
 async fn main() -> anyhow::Result<()> {
     shardline::telemetry::init_logging();
     let config = Config::parse();
+    // Unusable NATS credentials stop the gateway before it announces itself.
+    config.nats_auth.auth()?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -9,6 +9,8 @@ use shard_server::Config;
 fn main() -> anyhow::Result<()> {
     shardline::telemetry::init_logging();
     let config = Config::parse();
+    // Unusable NATS credentials stop the server before it announces itself.
+    config.nats_auth.auth()?;
     let runtime = match config.worker_threads {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
