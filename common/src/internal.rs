@@ -48,6 +48,15 @@ impl Done {
 pub struct Heartbeat {
     pub server: ServerName,
     pub shards: BTreeMap<ShardId, ReplicaProgress>,
+    /// Whether the server's NATS connection is up. A server that cannot reach NATS can
+    /// neither commit as a primary nor follow the log: it is never elected. (Absent from
+    /// older servers: taken as connected.)
+    #[serde(default = "connected")]
+    pub nats_connected: bool,
+}
+
+fn connected() -> bool {
+    true
 }
 
 /// One replica's progress through its shard's log.
@@ -57,6 +66,40 @@ pub struct ReplicaProgress {
     pub term: Term,
     /// Still catching up (snapshot or log replay): gets no reads, is not elected.
     pub recovering: bool,
+    /// How stale this replica may be, in ms: the time since it last confirmed that it had
+    /// applied everything the stream held (`None`: not confirmed yet). A replica serves ring
+    /// reads only while this is under the configured maximum staleness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_ms: Option<u64>,
+    /// On the primary, how long the oldest write has been waiting to commit, in ms (`None`:
+    /// nothing waiting). A primary stalled past the manager's limit is replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalled_ms: Option<u64>,
+}
+
+/// The guarantee a read asks for: the public `/read`'s `consistency` field, and the
+/// `consistency` query parameter of a shard server's `/read` (`?consistency=primary`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadLevel {
+    /// Any replica on the ring that is caught up within the maximum staleness.
+    #[default]
+    Any,
+    /// The shard's primary, which checks that it leads the current term: read-your-writes.
+    Primary,
+    /// Read-index: the primary confirms it leads the current term and has applied everything
+    /// the stream held when the read arrived, then reads.
+    Linearizable,
+}
+
+impl ReadLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadLevel::Any => "any",
+            ReadLevel::Primary => "primary",
+            ReadLevel::Linearizable => "linearizable",
+        }
+    }
 }
 
 /// `POST /config` on a shard server: the schema and the shards it holds.

@@ -133,6 +133,8 @@ mod tests {
                 applied: Seq(seq),
                 term: Term(1),
                 recovering,
+                stale_ms: None,
+                stalled_ms: None,
             }),
         }
     }

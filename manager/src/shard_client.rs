@@ -97,9 +97,12 @@ mod tests {
                     applied: Seq(12),
                     term: Term(2),
                     recovering: false,
+                    stale_ms: None,
+                    stalled_ms: None,
                 },
             )]
             .into(),
+            nats_connected: true,
         };
         let app = Router::new()
             .route("/heartbeat", get(move || async move { Json(beat) }))

@@ -25,6 +25,7 @@ pub async fn heartbeat(State(s): State<Arc<Server>>) -> Json<Heartbeat> {
     Json(Heartbeat {
         server: s.name.clone(),
         shards,
+        nats_connected: s.nats.connection_state() == async_nats::connection::State::Connected,
     })
 }
 

@@ -112,6 +112,8 @@ impl Replica {
             applied: Seq(self.applied.load(Ordering::Acquire)),
             term: Term(self.term.load(Ordering::Acquire)),
             recovering: self.recovering.load(Ordering::Acquire),
+            stale_ms: None,
+            stalled_ms: None,
         }
     }
 
