@@ -91,17 +91,14 @@ fn passthrough(status: StatusCode, bytes: &[u8]) -> Response {
     match serde_json::from_slice::<Value>(bytes) {
         Ok(v) => (status, Json(v)).into_response(),
         Err(_) => {
-            let text = String::from_utf8_lossy(bytes);
-            let outcome = if status.is_success() {
-                "success"
-            } else {
-                "failure"
-            };
-            (
-                status,
-                Json(json!({"message": text.trim(), "status": outcome})),
-            )
-                .into_response()
+            let text = String::from_utf8_lossy(bytes).trim().to_owned();
+            if status.is_success() {
+                return (status, Json(json!({"message": text, "status": "success"})))
+                    .into_response();
+            }
+            // Keep the manager's status, with the code and outcome every failure body has.
+            let body = ApiError::from_status(status.as_u16(), text).body();
+            (status, Json(body)).into_response()
         }
     }
 }

@@ -70,6 +70,8 @@ async fn wrong_method(method: Method, uri: Uri) -> impl IntoResponse {
         StatusCode::METHOD_NOT_ALLOWED,
         Json(json!({
             "message": format!("method {method} is not allowed on {}", uri.path()),
+            "code": shardline::ErrorCode::BadRequest,
+            "outcome": shardline::Effect::NotApplied,
             "status": "failure",
         })),
     )
