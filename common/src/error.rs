@@ -181,7 +181,7 @@ impl ErrorCode {
             ErrorCode::LogUnavailable => "the log did not confirm the append",
             ErrorCode::OutcomeUnknown => "no answer came back from the shard's primary",
             ErrorCode::Internal => "an unexpected error",
-            ErrorCode::PartialWrite => "a multi-shard write committed on some shards only (`committed`, `failed`)",
+            ErrorCode::PartialWrite => "a multi-shard write committed on some shards only (`committed`, `failed`, `failed_codes`)",
         }
     }
 

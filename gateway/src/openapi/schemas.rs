@@ -248,6 +248,9 @@ pub struct WriteFailure {
     /// Shard → why its part did not commit.
     #[schema(nullable = false)]
     failed: Option<BTreeMap<String, String>>,
+    /// Shard → the error code of its failure.
+    #[schema(nullable = false, value_type = Option<BTreeMap<String, ErrorCodeDoc>>)]
+    failed_codes: Option<BTreeMap<String, ErrorCode>>,
     status: FailureStatus,
 }
 
