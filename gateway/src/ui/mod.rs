@@ -253,20 +253,11 @@ async fn wal_tail(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use shardline::meta::{ClusterMeta, InitRequest};
+    use shardline::meta::ClusterMeta;
 
-    /// The assignment's A1 layout, no servers yet.
+    /// The assignment's A1 layout, no servers yet (the write module's fixture).
     pub(crate) fn a1() -> ClusterMeta {
-        let req: InitRequest =
-            serde_json::from_str(include_str!("../../../workloads/a1.init.json")).unwrap();
-        let plan = req.validate().unwrap();
-        let mut meta = ClusterMeta {
-            schema: plan.schema,
-            shards: plan.shards,
-            servers: Default::default(),
-        };
-        meta.sort_shards();
-        meta
+        crate::write::tests::a1()
     }
 
     #[test]
