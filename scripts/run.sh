@@ -295,15 +295,14 @@ supervise() {
     local name="$1" pidfile="$RUN/$1.pid" pid st up_ms delay
     local state_var="state_$name" started_var="started_$name" backoff_var="backoff_$name"
     local due_var="due_$name" checking_var="checking_$name" restarts_var="restarts_$name"
-    if [[ ! -f "$pidfile" ]]; then
-        # Pid files go when an older stop.sh, or one that could not reach this runner,
-        # stopped things behind its back: do not fight it.
+    # Pid files go when an older stop.sh, or one that could not reach this runner, stopped
+    # things behind its back: do not fight it.
+    if ! pid="$(tr -d '[:space:]' <"$pidfile" 2>/dev/null)"; then
         say "stopped from elsewhere"
         exit 0
     fi
     now_ms
     if [[ ${!state_var} == up ]]; then
-        pid="$(tr -d '[:space:]' <"$pidfile")"
         if alive "$pid"; then
             if ((${!checking_var})) && healthy "$name"; then
                 printf -v "$checking_var" 0
@@ -324,7 +323,9 @@ supervise() {
         printf -v "$state_var" down
         printf -v "$restarts_var" %s $((${!restarts_var} + 1))
         say "$name (pid $pid) exited ($(describe_status "$st")) after $((up_ms / 1000)).$(printf %03d $((up_ms % 1000)))s up; restart ${!restarts_var} in ${delay} ms; last lines of ${LOGS#"$ROOT"/}/$name.log:" >&2
-        tail -n 15 "$LOGS/$name.log" | sed 's/^/    /' >&2 || true
+        # The end of this run's part of the log (it is appended to across restarts).
+        awk '/^=== .* starting: /{n=0} {line[n++]=$0} END{for (i = (n > 15 ? n - 15 : 0); i < n; i++) print "    " line[i]}' \
+            "$LOGS/$name.log" >&2 || true
     elif ((NOW >= ${!due_var})); then
         say "restarting $name"
         launch "$name"

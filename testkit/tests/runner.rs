@@ -4,6 +4,9 @@
 //! gateway is killed and restarted the same way; SIGTERM to the runner stops every process it
 //! started, and nothing is restarted while it stops.
 //!
+//! `make stop` (`scripts/stop.sh`) from elsewhere stops the runner first, so nothing is
+//! restarted behind it.
+//!
 //! The runner uses the debug binaries `make test` built (`SHARDLINE_BIN_DIR`, no cargo
 //! build), the test's nats-server (`NATS_SERVER_BIN`), free ports and a temp run dir.
 
@@ -100,6 +103,22 @@ impl Runner {
             .collect();
         out.sort();
         out
+    }
+
+    /// Waits until the runner has started everything (it says so once the gateway answers
+    /// `/healthz`, and supervises from then on); panics with the runner's log otherwise.
+    async fn wait_up(&self) {
+        let up = wait_until(Duration::from_secs(60), || async {
+            let said = self.proc.stdout_lines();
+            said.iter().any(|l| l.contains("shardline is running"))
+                && self.status(&self.gateway("/healthz")).await == 200
+        })
+        .await;
+        assert!(
+            up,
+            "the runner did not bring the gateway up\n{}",
+            self.proc.log()
+        );
     }
 
     async fn status(&self, url: &str) -> u16 {
@@ -331,4 +350,36 @@ async fn runner_restarts_manager_and_gateway_and_stops_everything() {
         !Path::new(&r.root.join("run/runner.pid")).exists(),
         "the runner left its pid file"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_script_stops_the_runner_and_everything() {
+    let mut r = Runner::start();
+    r.wait_up().await;
+    let started: Vec<i32> = ["nats", "manager", "gateway"]
+        .iter()
+        .map(|n| r.pid(n).unwrap_or_else(|| panic!("no {n} pid file")))
+        .collect();
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new("bash")
+            .arg(workspace_root().join("scripts/stop.sh"))
+            .env("SHARDLINE_RUN_DIR", &r.root)
+            .output()
+            .expect("run stop.sh")
+    });
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stop.sh failed: {said}");
+    let status = tokio::task::block_in_place(|| r.proc.wait_exit(Duration::from_secs(30)));
+    let log = r.proc.log();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the runner did not exit 0 after stop.sh: {status:?}\n{log}"
+    );
+    assert!(
+        !log.contains("restarting"),
+        "the runner restarted something while stop.sh stopped it\n{log}"
+    );
+    let alive: Vec<i32> = started.into_iter().filter(|&p| pid_alive(p)).collect();
+    assert!(alive.is_empty(), "still running after stop.sh: {alive:?}");
+    assert!(r.leftovers().is_empty(), "processes of the run dir left");
 }
