@@ -22,7 +22,7 @@ use testkit::{
 
 /// First restart delay given to the runner: long enough that the writes below certainly
 /// happen while the manager is away.
-const BACKOFF_MS: u64 = 3000;
+const BACKOFF_MS: u64 = 4000;
 const UP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The runner and everything it started. Dropping it (also on a panic) kills the runner
