@@ -12,10 +12,10 @@ help: ## list the targets
 	@grep -hE '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | \
 	    awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
 
-run: ## build (release) and run nats + manager + gateway on :5000, state in ./data; Ctrl-C stops
+run: ## build (release) and run nats + manager + gateway on :5000 (restarted if they crash), state in ./data; Ctrl-C stops
 	bash scripts/run.sh
 
-stop: ## stop a `make run` started from another terminal (and any stray shard-server)
+stop: ## stop a `make run` started from another terminal (its runner first, then any stray process)
 	bash scripts/stop.sh
 
 build: ## cargo build --workspace (debug)

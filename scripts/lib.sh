@@ -12,3 +12,14 @@ alive() {
         kill -0 "$pid" 2>/dev/null
     fi
 }
+
+# is_prog PID NAME: the process's command line mentions NAME (guards against pid reuse).
+is_prog() {
+    local pid="$1" name="$2" cmd
+    if [[ -r "/proc/$pid/cmdline" ]]; then
+        cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+    else
+        cmd="$(ps -o command= -p "$pid" 2>/dev/null)" || return 1
+    fi
+    [[ "$cmd" == *"$name"* ]]
+}

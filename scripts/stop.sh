@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Stop a shardline started by scripts/run.sh (`make run`), from any terminal:
-# gateway, then manager (SIGTERM: it stops its shard servers), then nats-server, then any
-# shard-server left behind (pid files under ./data/servers/*/server.pid).
+# Stop a shardline started by scripts/run.sh (`make run`), from any terminal. The runner
+# restarts a manager or gateway that dies, so it is asked to stop first (SIGTERM; it then runs
+# this script itself, without its pid file). What is left is stopped in order: gateway, then
+# manager (SIGTERM: it stops its shard servers), then nats-server, then any shard-server left
+# behind (pid files under $SHARDLINE_RUN_DIR/servers/*/server.pid).
 # Safe to run when nothing is running. Pids are checked against the expected program name,
 # so a stale pid file never kills an unrelated process.
 set -euo pipefail
@@ -12,17 +14,6 @@ RUN="$DATA/run"
 
 # shellcheck source=scripts/lib.sh
 source "$ROOT/scripts/lib.sh"
-
-# is_prog PID NAME: the process's command line mentions NAME (guards against pid reuse).
-is_prog() {
-    local pid="$1" name="$2" cmd
-    if [[ -r "/proc/$pid/cmdline" ]]; then
-        cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
-    else
-        cmd="$(ps -o command= -p "$pid" 2>/dev/null)" || return 1
-    fi
-    [[ "$cmd" == *"$name"* ]]
-}
 
 # stop_pid PID NAME GRACE_SECONDS: SIGTERM, wait up to GRACE, then SIGKILL.
 stop_pid() {
@@ -55,6 +46,28 @@ stop_named() {
     stop_pid "$pid" "$prog" "$grace"
     rm -f "$pidfile"
 }
+
+# The runner's own stop takes at most the sum of the graces below plus the servers'.
+RUNNER_GRACE=120
+runner_pidfile="$RUN/runner.pid"
+if [[ -f "$runner_pidfile" ]]; then
+    pid="$(tr -d '[:space:]' <"$runner_pidfile")"
+    if alive "$pid" && is_prog "$pid" run.sh; then
+        echo "stopping the runner (pid $pid); it stops the rest"
+        kill -TERM "$pid" 2>/dev/null || true
+        kill -CONT "$pid" 2>/dev/null || true
+        for ((i = 0; i < RUNNER_GRACE * 10; i++)); do
+            alive "$pid" || break
+            sleep 0.1
+        done
+        if alive "$pid"; then
+            # Killed first, so that it cannot restart what is stopped below.
+            echo "  the runner did not stop within ${RUNNER_GRACE}s; killing it and stopping the rest here"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    rm -f "$runner_pidfile"
+fi
 
 stop_named gateway gateway 10
 stop_named manager manager 30
