@@ -13,7 +13,7 @@ use hyper::Method;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use shardline::body::{bad, int, kind, object, only_fields, required, ApiJson};
-use shardline::internal::{KeyRange, ReadRequest, ReadResponse, ServerRows, Status};
+use shardline::internal::{KeyRange, ReadLevel, ReadRequest, ReadResponse, ServerRows, Status};
 use shardline::meta::ClusterMeta;
 use shardline::names::{ColumnName, ServerName, ShardId};
 use shardline::ring::HashRing;
@@ -32,18 +32,10 @@ pub enum ReadPolicy {
     Spread,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Consistency {
-    /// Any live replica, chosen on the ring.
-    Any,
-    /// The shard's primary (read-your-writes).
-    Primary,
-}
-
 /// A validated read: the part of the range each overlapping shard owns, in key order.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ReadPlan {
-    pub consistency: Consistency,
+    pub consistency: ReadLevel,
     pub parts: Vec<ShardRange>,
 }
 
@@ -55,7 +47,8 @@ pub struct ShardRange {
     pub high: i64,
 }
 
-/// Validates `{"<key>": {"low": int, "high": int}, "consistency"?: "primary"|"any"}`.
+/// Validates `{"<key>": {"low": int, "high": int},
+/// "consistency"?: "any"|"primary"|"linearizable"}`.
 pub fn plan(meta: &ClusterMeta, body: &Value) -> Result<ReadPlan, ApiError> {
     let key = meta.schema.key();
     let obj = object(body)?;
@@ -76,12 +69,13 @@ pub fn plan(meta: &ClusterMeta, body: &Value) -> Result<ReadPlan, ApiError> {
         )));
     }
     let consistency = match obj.get("consistency") {
-        None | Some(Value::Null) => Consistency::Any,
-        Some(Value::String(s)) if s == "any" => Consistency::Any,
-        Some(Value::String(s)) if s == "primary" => Consistency::Primary,
+        None | Some(Value::Null) => ReadLevel::Any,
+        Some(Value::String(s)) if s == "any" => ReadLevel::Any,
+        Some(Value::String(s)) if s == "primary" => ReadLevel::Primary,
+        Some(Value::String(s)) if s == "linearizable" => ReadLevel::Linearizable,
         Some(other) => {
             return Err(bad(format!(
-                "`consistency` must be \"primary\" or \"any\", got {other}"
+                "`consistency` must be one of \"any\" (the default), \"primary\", \"linearizable\"; got {other}"
             )))
         }
     };
@@ -152,7 +146,7 @@ async fn read_part(
     routing: &Routing,
     key: &ColumnName,
     part: &ShardRange,
-    consistency: Consistency,
+    consistency: ReadLevel,
 ) -> Result<Bytes, ApiError> {
     let shard = part.shard.as_str();
     let req = upstream::encode(&ReadRequest {
@@ -165,10 +159,18 @@ async fn read_part(
         data: None,
     })?;
 
-    // The primary's answer is passed on as it came, like a replica's. A read changes nothing,
-    // so a primary that did not answer leaves nothing in doubt: `unavailable`.
-    if consistency == Consistency::Primary {
-        return upstream::to_primary(state, shard, Method::POST, "/read", req)
+    // The primary's answer is passed on as it came, like a replica's. The level goes along in
+    // the query: the primary checks it leads the current term (and, for `linearizable`, that
+    // it has applied everything the stream held when the read arrived). A read changes
+    // nothing, so nothing it answers leaves anything in doubt: `unavailable`, never
+    // `outcome_unknown`.
+    let path = match consistency {
+        ReadLevel::Any => None,
+        ReadLevel::Primary => Some("/read?consistency=primary"),
+        ReadLevel::Linearizable => Some("/read?consistency=linearizable"),
+    };
+    if let Some(path) = path {
+        return upstream::to_primary(state, shard, upstream::Kind::Read, Method::POST, path, req)
             .await
             .map_err(|e| match e {
                 ApiError::OutcomeUnknown(m) => ApiError::Unavailable(m),
@@ -287,7 +289,7 @@ mod tests {
     #[test]
     fn ranges_are_split_by_shard_in_key_order() {
         let p = plan(&a1(), &json!({"Stud_id": {"low": 1000, "high": 8889}})).unwrap();
-        assert_eq!(p.consistency, Consistency::Any);
+        assert_eq!(p.consistency, ReadLevel::Any);
         let got: Vec<_> = p
             .parts
             .iter()
@@ -306,7 +308,7 @@ mod tests {
             &json!({"Stud_id": {"low": 5, "high": 5}, "consistency": "primary"}),
         )
         .unwrap();
-        assert_eq!(p.consistency, Consistency::Primary);
+        assert_eq!(p.consistency, ReadLevel::Primary);
         assert_eq!(p.parts.len(), 1);
         // Outside every shard: nothing to read, not an error.
         let p = plan(&a1(), &json!({"Stud_id": {"low": -10, "high": -1}})).unwrap();
@@ -318,6 +320,36 @@ mod tests {
         .unwrap();
         assert_eq!(p.parts.len(), 4);
         assert_eq!(p.parts[3].high, 16383);
+    }
+
+    #[test]
+    fn every_read_level_is_accepted_and_another_value_names_them() {
+        let level = |c: Value| {
+            plan(
+                &a1(),
+                &json!({"Stud_id": {"low": 1, "high": 2}, "consistency": c}),
+            )
+        };
+        assert_eq!(level(json!(null)).unwrap().consistency, ReadLevel::Any);
+        assert_eq!(level(json!("any")).unwrap().consistency, ReadLevel::Any);
+        assert_eq!(
+            level(json!("primary")).unwrap().consistency,
+            ReadLevel::Primary
+        );
+        assert_eq!(
+            level(json!("linearizable")).unwrap().consistency,
+            ReadLevel::Linearizable
+        );
+        for other in [json!("strong"), json!("Primary"), json!(1), json!(["any"])] {
+            let e = level(other.clone()).unwrap_err();
+            assert_eq!(e.code(), shardline::ErrorCode::BadRequest);
+            assert_eq!(
+                e.message(),
+                format!(
+                    "`consistency` must be one of \"any\" (the default), \"primary\", \"linearizable\"; got {other}"
+                )
+            );
+        }
     }
 
     #[test]

@@ -166,13 +166,26 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// Whether a request sent to a primary changes anything: that decides when it may be sent a
+/// second time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A write: sent again only when it certainly reached no primary (421, no connection).
+    Write,
+    /// A read: it changes nothing, so one that got no answer is sent again too, and a last
+    /// attempt without an answer is `unavailable`, never `outcome_unknown`.
+    Read,
+}
+
 /// Sends `body` (encoded by [`encode`]) to the primary of `shard` and returns its answer's
 /// bytes. When the primary refuses (421: it is not, or not yet, the primary) or cannot be
-/// reached, waits a bounded time for the metadata to name another primary and tries once more
-/// ([`failover`]).
+/// reached (for a [`Kind::Read`], also when it does not answer), waits a bounded time for the
+/// metadata to name another primary and tries once more ([`failover`]). `path` may carry a
+/// query (`/read?consistency=primary`).
 pub async fn to_primary(
     state: &AppState,
     shard: &str,
+    kind: Kind,
     method: Method,
     path: &str,
     body: Bytes,
@@ -188,6 +201,7 @@ pub async fn to_primary(
     failover(
         state.topology.clone(),
         shard,
+        kind,
         state.config.failover_wait(),
         send,
     )
@@ -195,11 +209,12 @@ pub async fn to_primary(
 }
 
 /// The attempts of [`to_primary`], with the sending left to `send` (so the sequence can be
-/// tested without a network): the current primary, then, if [`after_first`] says so, the
-/// one [`wait_for_primary`] finds within `wait`.
+/// tested without a network): the current primary, then, if [`after_first`] (or, for a read,
+/// [`read_after_first`]) says so, the one [`wait_for_primary`] finds within `wait`.
 pub async fn failover<F, Fut>(
     mut rx: TopologyRx,
     shard: &str,
+    kind: Kind,
     wait: Duration,
     mut send: F,
 ) -> Result<Bytes, ApiError>
@@ -212,7 +227,12 @@ where
         Some(t) => t,
         None => wait_for_primary(&mut rx, shard, None, None, wait).await?,
     };
-    let hint = match after_first(shard, &first.name, send(first.clone()).await) {
+    let answer = send(first.clone()).await;
+    let next = match kind {
+        Kind::Write => after_first(shard, &first.name, answer),
+        Kind::Read => read_after_first(shard, &first.name, answer),
+    };
+    let hint = match next {
         Next::Done(answer) => return answer,
         Next::Retry { hint, reason } => {
             crate::metrics::retry(shard, reason);
@@ -220,7 +240,11 @@ where
         }
     };
     let second = wait_for_primary(&mut rx, shard, Some(&first.name), hint, wait).await?;
-    after_second(shard, &second.name, send(second.clone()).await)
+    let answer = send(second.clone()).await;
+    match kind {
+        Kind::Write => after_second(shard, &second.name, answer),
+        Kind::Read => read_after_second(shard, &second.name, answer),
+    }
 }
 
 /// What to do after the first attempt at a shard's primary.
@@ -280,6 +304,39 @@ pub fn after_second(
         ))),
         Err(CallError::Transport(e)) => Err(unknown_outcome(shard, server, &e)),
         Err(CallError::Status(e)) => Err(e),
+    }
+}
+
+/// [`after_first`] for a read: a read changes nothing, so one sent without an answer is as
+/// safe to send again as one that was refused.
+pub fn read_after_first(
+    shard: &str,
+    server: &ServerName,
+    result: Result<Bytes, CallError>,
+) -> Next {
+    match result {
+        Err(CallError::Transport(e)) => {
+            tracing::debug!(shard, %server, error = %e, "no answer to a read; retrying");
+            Next::Retry {
+                hint: None,
+                reason: "primary_no_answer",
+            }
+        }
+        result => after_first(shard, server, result),
+    }
+}
+
+/// [`after_second`] for a read: no answer is `unavailable` (nothing was changed).
+pub fn read_after_second(
+    shard: &str,
+    server: &ServerName,
+    result: Result<Bytes, CallError>,
+) -> Result<Bytes, ApiError> {
+    match result {
+        Err(CallError::Transport(e)) => Err(ApiError::Unavailable(format!(
+            "shard {shard}: primary {server} did not answer the read ({e})"
+        ))),
+        result => after_second(shard, server, result),
     }
 }
 

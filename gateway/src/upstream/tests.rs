@@ -207,6 +207,15 @@ async fn script(
     rx: TopologyRx,
     answers: Vec<Result<Bytes, CallError>>,
 ) -> (Result<Bytes, ApiError>, Vec<ServerName>, Duration) {
+    script_as(Kind::Write, rx, answers).await
+}
+
+/// [`script`] for a request of `kind`.
+async fn script_as(
+    kind: Kind,
+    rx: TopologyRx,
+    answers: Vec<Result<Bytes, CallError>>,
+) -> (Result<Bytes, ApiError>, Vec<ServerName>, Duration) {
     let answers = Mutex::new(VecDeque::from(answers));
     let sent = Arc::new(Mutex::new(Vec::new()));
     let send = |t: Target| {
@@ -219,7 +228,7 @@ async fn script(
         async move { answer }
     };
     let start = Instant::now();
-    let result = failover(rx, "sh1", WAIT, send).await;
+    let result = failover(rx, "sh1", kind, WAIT, send).await;
     let sent = sent.lock().unwrap().clone();
     (result, sent, start.elapsed())
 }
@@ -268,4 +277,51 @@ async fn a_shard_without_a_primary_waits_for_one_then_gives_up() {
     assert_eq!(result.unwrap_err().code(), ErrorCode::NoPrimary);
     assert!(sent.is_empty());
     assert_eq!(took, WAIT);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_without_an_answer_goes_to_the_new_primary() {
+    // A read changes nothing: unlike a write, it is sent again after a lost answer.
+    let (tx, rx) = channel(Some("Server0"));
+    publish_later(tx, vec![(100, Some("Server1"))]);
+    let ok = Ok(Bytes::from_static(b"{}"));
+    let (result, sent, took) = script_as(
+        Kind::Read,
+        rx,
+        vec![Err(CallError::Transport("reset".into())), ok],
+    )
+    .await;
+    assert_eq!(&result.unwrap()[..], b"{}");
+    assert_eq!(sent, [name("Server0"), name("Server1")]);
+    assert_eq!(took, Duration::from_millis(100));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_is_never_outcome_unknown() {
+    let (tx, rx) = channel(Some("Server0"));
+    publish_later(tx, vec![(100, Some("Server1"))]);
+    let (result, sent, _) = script_as(
+        Kind::Read,
+        rx,
+        vec![
+            Err(CallError::Transport("reset".into())),
+            Err(CallError::Transport("no answer within 10000 ms".into())),
+        ],
+    )
+    .await;
+    let e = result.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Unavailable);
+    assert_eq!(
+        e.message(),
+        "shard sh1: primary Server1 did not answer the read (no answer within 10000 ms)"
+    );
+    assert_eq!(sent, [name("Server0"), name("Server1")]);
+
+    // Refusals and lost connections are retried as for a write.
+    let (tx, rx) = channel(Some("Server0"));
+    publish_later(tx, vec![(100, Some("Server2"))]);
+    let ok = Ok(Bytes::from_static(b"{}"));
+    let (result, sent, _) = script_as(Kind::Read, rx, vec![not_primary(None), ok]).await;
+    assert!(result.is_ok());
+    assert_eq!(sent, [name("Server0"), name("Server2")]);
 }
