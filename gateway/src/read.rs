@@ -1,5 +1,6 @@
 //! `POST|GET /read` (a key range over every overlapping shard, in parallel, each from one
-//! replica picked on the shard's ring) and `GET|POST /read/{server}` (everything one server holds).
+//! replica picked on the shard's ring, or from its primary at the `primary` and `linearizable`
+//! levels) and `GET|POST /read/{server}` (everything one server holds).
 
 use std::sync::Arc;
 
@@ -16,8 +17,9 @@ use shardline::body::{bad, int, kind, object, only_fields, required, ApiJson};
 use shardline::internal::{KeyRange, ReadLevel, ReadRequest, ReadResponse, ServerRows, Status};
 use shardline::meta::ClusterMeta;
 use shardline::names::{ColumnName, ServerName, ShardId};
-use shardline::ring::HashRing;
 use shardline::ApiError;
+
+pub mod replicas;
 
 use crate::router::AppState;
 use crate::topology::Routing;
@@ -139,8 +141,9 @@ pub async fn read(
     Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
 }
 
-/// Reads one shard's part from one replica; a replica that fails is replaced by the next live
-/// one on the ring, once.
+/// Reads one shard's part: from its primary for `primary` and `linearizable`, otherwise from a
+/// replica on the ring, going on to the next one while a replica cannot serve
+/// ([`replicas::from_ring`]).
 async fn read_part(
     state: &AppState,
     routing: &Routing,
@@ -164,12 +167,8 @@ async fn read_part(
     // it has applied everything the stream held when the read arrived). A read changes
     // nothing, so nothing it answers leaves anything in doubt: `unavailable`, never
     // `outcome_unknown`.
-    let path = match consistency {
-        ReadLevel::Any => None,
-        ReadLevel::Primary => Some("/read?consistency=primary"),
-        ReadLevel::Linearizable => Some("/read?consistency=linearizable"),
-    };
-    if let Some(path) = path {
+    if consistency != ReadLevel::Any {
+        let path = server_path(consistency);
         return upstream::to_primary(state, shard, upstream::Kind::Read, Method::POST, path, req)
             .await
             .map_err(|e| match e {
@@ -185,40 +184,24 @@ async fn read_part(
         ReadPolicy::Affinity => (state.read_id, state.config.read_overflow as usize),
         ReadPolicy::Spread => (rand::random(), usize::MAX),
     };
-    let first = choose(
+    replicas::from_ring(
+        shard,
         ring,
         request_id,
         |s| routing.is_up(s.as_str()),
         |s| routing.reads_in_flight(s.as_str()) >= overflow,
+        |server| fetch(state, routing, server, &req),
     )
-    .ok_or_else(|| ApiError::Unavailable(format!("shard {shard} has no live replica")))?;
-    let err = match fetch(state, routing, first, &req).await {
-        Ok(rows) => return Ok(rows),
-        Err(CallError::Status(e @ (ApiError::BadRequest(_) | ApiError::PayloadTooLarge(_)))) => {
-            return Err(e)
-        }
-        Err(e) => e,
-    };
-    tracing::debug!(shard, server = %first, error = ?err, "read failed; trying another replica");
-    crate::metrics::retry(shard, "read_replica_failed");
-    let Some(second) = ring.pick(request_id, |s| s != first && routing.is_up(s.as_str())) else {
-        return Err(read_error(shard, first, err));
-    };
-    fetch(state, routing, second, &req)
-        .await
-        .map_err(|e| read_error(shard, second, e))
+    .await
 }
 
-/// The replica request `r` reads from: the first live one on the ring that is not `busy`, or,
-/// if every live one is busy, the first live one.
-fn choose(
-    ring: &HashRing,
-    r: u64,
-    live: impl Fn(&ServerName) -> bool,
-    busy: impl Fn(&ServerName) -> bool,
-) -> Option<&ServerName> {
-    ring.pick(r, |s| live(s) && !busy(s))
-        .or_else(|| ring.pick(r, live))
+/// The shard server's `/read` for `level`: the level in the query, none for `any`.
+pub fn server_path(level: ReadLevel) -> &'static str {
+    match level {
+        ReadLevel::Any => "/read",
+        ReadLevel::Primary => "/read?consistency=primary",
+        ReadLevel::Linearizable => "/read?consistency=linearizable",
+    }
 }
 
 async fn fetch(
@@ -234,19 +217,10 @@ async fn fetch(
     upstream::call(
         &state.upstream,
         Method::POST,
-        target.uri("/read"),
+        target.uri(server_path(ReadLevel::Any)),
         Some(req.clone()),
     )
     .await
-}
-
-fn read_error(shard: &str, server: &ServerName, e: CallError) -> ApiError {
-    match e {
-        CallError::Connect(e) | CallError::Transport(e) => ApiError::Unavailable(format!(
-            "shard {shard}: replica {server} is unreachable: {e}"
-        )),
-        CallError::Status(e) => e,
-    }
 }
 
 /// Every row of every shard `server` holds, read from that server: its `/read_all` answer,
@@ -350,38 +324,6 @@ mod tests {
                 )
             );
         }
-    }
-
-    #[test]
-    fn affinity_keeps_one_replica_until_it_is_busy_or_down() {
-        use shardline::ring::RingHash;
-        let names: Vec<ServerName> = ["Server0", "Server1", "Server2"]
-            .iter()
-            .map(|n| ServerName::parse(n).unwrap())
-            .collect();
-        let ring = HashRing::new(RingHash::Mixed, names.clone());
-        let all = |_: &ServerName| true;
-        let none = |_: &ServerName| false;
-        let home = choose(&ring, 42, all, none).unwrap().clone();
-        for _ in 0..10 {
-            assert_eq!(choose(&ring, 42, all, none), Some(&home));
-        }
-        // Busy: the overflow goes to another replica, always the same one.
-        let busy_home = |s: &ServerName| *s == home;
-        let next = choose(&ring, 42, all, busy_home).unwrap().clone();
-        assert_ne!(next, home);
-        assert_eq!(choose(&ring, 42, all, busy_home), Some(&next));
-        // Down: skipped whether busy or not; every live replica busy: the first live one.
-        let up = |s: &ServerName| *s != home;
-        assert_eq!(choose(&ring, 42, up, none), Some(&next));
-        assert_eq!(choose(&ring, 42, up, all), Some(&next));
-        assert_eq!(choose(&ring, 42, all, all), Some(&home));
-        assert_eq!(choose(&ring, 42, none, none), None);
-        // Different gateways (ids) land on different replicas.
-        let homes: std::collections::BTreeSet<_> = (0..64u64)
-            .filter_map(|r| choose(&ring, r, all, none).cloned())
-            .collect();
-        assert_eq!(homes.len(), names.len());
     }
 
     #[test]
