@@ -13,6 +13,8 @@
 //!   a failover ([`upstream::wait_for_primary`], [`upstream::after_first`]).
 //! - [`read`], [`write`](mod@write), [`admin`], [`status`], [`health`]: one module per endpoint family,
 //!   each owning its validation (pure functions over the metadata and the body) and execution.
+//!   [`read::replicas`] picks the replica of a ring read and moves past those that cannot
+//!   serve; `primary` and `linearizable` reads go through [`upstream::to_primary`].
 //! - [`metrics`]: the Prometheus series and the `/metrics` route.
 //! - `openapi`: the OpenAPI document served at `/openapi.json`.
 

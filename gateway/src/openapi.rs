@@ -154,7 +154,7 @@ mod ops {
             (status = 200, description = "Rows in the range, by key", body = ReadResponse),
             (status = 400, description = "Invalid body, low > high, or too many rows", body = Failure),
             (status = 413, description = "Body too large", body = Failure),
-            (status = 503, description = "Not configured, or a shard has no live replica", body = Failure),
+            (status = 503, description = "Not configured; at `any`, no replica of a shard can serve (each too far behind, recovering or unreachable); at `primary`/`linearizable`, no primary answers", body = Failure),
         ))]
     fn read_post() {}
 
@@ -164,7 +164,7 @@ mod ops {
             (status = 200, description = "Rows in the range, by key", body = ReadResponse),
             (status = 400, description = "Invalid body, low > high, or too many rows", body = Failure),
             (status = 413, description = "Body too large", body = Failure),
-            (status = 503, description = "Not configured, or a shard has no live replica", body = Failure),
+            (status = 503, description = "Not configured; at `any`, no replica of a shard can serve (each too far behind, recovering or unreachable); at `primary`/`linearizable`, no primary answers", body = Failure),
         ))]
     fn read_get() {}
 

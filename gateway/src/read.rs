@@ -1,5 +1,6 @@
 //! `POST|GET /read` (a key range over every overlapping shard, in parallel, each from one
-//! replica picked on the shard's ring) and `GET|POST /read/{server}` (everything one server holds).
+//! replica picked on the shard's ring, or from its primary at the `primary` and `linearizable`
+//! levels) and `GET|POST /read/{server}` (everything one server holds).
 
 use std::sync::Arc;
 
@@ -13,11 +14,12 @@ use hyper::Method;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use shardline::body::{bad, int, kind, object, only_fields, required, ApiJson};
-use shardline::internal::{KeyRange, ReadRequest, ReadResponse, ServerRows, Status};
+use shardline::internal::{KeyRange, ReadLevel, ReadRequest, ReadResponse, ServerRows, Status};
 use shardline::meta::ClusterMeta;
 use shardline::names::{ColumnName, ServerName, ShardId};
-use shardline::ring::HashRing;
 use shardline::ApiError;
+
+pub mod replicas;
 
 use crate::router::AppState;
 use crate::topology::Routing;
@@ -32,18 +34,10 @@ pub enum ReadPolicy {
     Spread,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Consistency {
-    /// Any live replica, chosen on the ring.
-    Any,
-    /// The shard's primary (read-your-writes).
-    Primary,
-}
-
 /// A validated read: the part of the range each overlapping shard owns, in key order.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ReadPlan {
-    pub consistency: Consistency,
+    pub consistency: ReadLevel,
     pub parts: Vec<ShardRange>,
 }
 
@@ -55,7 +49,8 @@ pub struct ShardRange {
     pub high: i64,
 }
 
-/// Validates `{"<key>": {"low": int, "high": int}, "consistency"?: "primary"|"any"}`.
+/// Validates `{"<key>": {"low": int, "high": int},
+/// "consistency"?: "any"|"primary"|"linearizable"}`.
 pub fn plan(meta: &ClusterMeta, body: &Value) -> Result<ReadPlan, ApiError> {
     let key = meta.schema.key();
     let obj = object(body)?;
@@ -76,12 +71,13 @@ pub fn plan(meta: &ClusterMeta, body: &Value) -> Result<ReadPlan, ApiError> {
         )));
     }
     let consistency = match obj.get("consistency") {
-        None | Some(Value::Null) => Consistency::Any,
-        Some(Value::String(s)) if s == "any" => Consistency::Any,
-        Some(Value::String(s)) if s == "primary" => Consistency::Primary,
+        None | Some(Value::Null) => ReadLevel::Any,
+        Some(Value::String(s)) if s == "any" => ReadLevel::Any,
+        Some(Value::String(s)) if s == "primary" => ReadLevel::Primary,
+        Some(Value::String(s)) if s == "linearizable" => ReadLevel::Linearizable,
         Some(other) => {
             return Err(bad(format!(
-                "`consistency` must be \"primary\" or \"any\", got {other}"
+                "`consistency` must be one of \"any\" (the default), \"primary\", \"linearizable\"; got {other}"
             )))
         }
     };
@@ -145,14 +141,15 @@ pub async fn read(
     Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
 }
 
-/// Reads one shard's part from one replica; a replica that fails is replaced by the next live
-/// one on the ring, once.
+/// Reads one shard's part: from its primary for `primary` and `linearizable`, otherwise from a
+/// replica on the ring, going on to the next one while a replica cannot serve
+/// ([`replicas::from_ring`]).
 async fn read_part(
     state: &AppState,
     routing: &Routing,
     key: &ColumnName,
     part: &ShardRange,
-    consistency: Consistency,
+    consistency: ReadLevel,
 ) -> Result<Bytes, ApiError> {
     let shard = part.shard.as_str();
     let req = upstream::encode(&ReadRequest {
@@ -165,10 +162,14 @@ async fn read_part(
         data: None,
     })?;
 
-    // The primary's answer is passed on as it came, like a replica's. A read changes nothing,
-    // so a primary that did not answer leaves nothing in doubt: `unavailable`.
-    if consistency == Consistency::Primary {
-        return upstream::to_primary(state, shard, Method::POST, "/read", req)
+    // The primary's answer is passed on as it came, like a replica's. The level goes along in
+    // the query: the primary checks it leads the current term (and, for `linearizable`, that
+    // it has applied everything the stream held when the read arrived). A read changes
+    // nothing, so nothing it answers leaves anything in doubt: `unavailable`, never
+    // `outcome_unknown`.
+    if consistency != ReadLevel::Any {
+        let path = server_path(consistency);
+        return upstream::to_primary(state, shard, upstream::Kind::Read, Method::POST, path, req)
             .await
             .map_err(|e| match e {
                 ApiError::OutcomeUnknown(m) => ApiError::Unavailable(m),
@@ -183,40 +184,24 @@ async fn read_part(
         ReadPolicy::Affinity => (state.read_id, state.config.read_overflow as usize),
         ReadPolicy::Spread => (rand::random(), usize::MAX),
     };
-    let first = choose(
+    replicas::from_ring(
+        shard,
         ring,
         request_id,
         |s| routing.is_up(s.as_str()),
         |s| routing.reads_in_flight(s.as_str()) >= overflow,
+        |server| fetch(state, routing, server, &req),
     )
-    .ok_or_else(|| ApiError::Unavailable(format!("shard {shard} has no live replica")))?;
-    let err = match fetch(state, routing, first, &req).await {
-        Ok(rows) => return Ok(rows),
-        Err(CallError::Status(e @ (ApiError::BadRequest(_) | ApiError::PayloadTooLarge(_)))) => {
-            return Err(e)
-        }
-        Err(e) => e,
-    };
-    tracing::debug!(shard, server = %first, error = ?err, "read failed; trying another replica");
-    crate::metrics::retry(shard, "read_replica_failed");
-    let Some(second) = ring.pick(request_id, |s| s != first && routing.is_up(s.as_str())) else {
-        return Err(read_error(shard, first, err));
-    };
-    fetch(state, routing, second, &req)
-        .await
-        .map_err(|e| read_error(shard, second, e))
+    .await
 }
 
-/// The replica request `r` reads from: the first live one on the ring that is not `busy`, or,
-/// if every live one is busy, the first live one.
-fn choose(
-    ring: &HashRing,
-    r: u64,
-    live: impl Fn(&ServerName) -> bool,
-    busy: impl Fn(&ServerName) -> bool,
-) -> Option<&ServerName> {
-    ring.pick(r, |s| live(s) && !busy(s))
-        .or_else(|| ring.pick(r, live))
+/// The shard server's `/read` for `level`: the level in the query, none for `any`.
+pub fn server_path(level: ReadLevel) -> &'static str {
+    match level {
+        ReadLevel::Any => "/read",
+        ReadLevel::Primary => "/read?consistency=primary",
+        ReadLevel::Linearizable => "/read?consistency=linearizable",
+    }
 }
 
 async fn fetch(
@@ -232,19 +217,10 @@ async fn fetch(
     upstream::call(
         &state.upstream,
         Method::POST,
-        target.uri("/read"),
+        target.uri(server_path(ReadLevel::Any)),
         Some(req.clone()),
     )
     .await
-}
-
-fn read_error(shard: &str, server: &ServerName, e: CallError) -> ApiError {
-    match e {
-        CallError::Connect(e) | CallError::Transport(e) => ApiError::Unavailable(format!(
-            "shard {shard}: replica {server} is unreachable: {e}"
-        )),
-        CallError::Status(e) => e,
-    }
 }
 
 /// Every row of every shard `server` holds, read from that server: its `/read_all` answer,
@@ -287,7 +263,7 @@ mod tests {
     #[test]
     fn ranges_are_split_by_shard_in_key_order() {
         let p = plan(&a1(), &json!({"Stud_id": {"low": 1000, "high": 8889}})).unwrap();
-        assert_eq!(p.consistency, Consistency::Any);
+        assert_eq!(p.consistency, ReadLevel::Any);
         let got: Vec<_> = p
             .parts
             .iter()
@@ -306,7 +282,7 @@ mod tests {
             &json!({"Stud_id": {"low": 5, "high": 5}, "consistency": "primary"}),
         )
         .unwrap();
-        assert_eq!(p.consistency, Consistency::Primary);
+        assert_eq!(p.consistency, ReadLevel::Primary);
         assert_eq!(p.parts.len(), 1);
         // Outside every shard: nothing to read, not an error.
         let p = plan(&a1(), &json!({"Stud_id": {"low": -10, "high": -1}})).unwrap();
@@ -321,35 +297,33 @@ mod tests {
     }
 
     #[test]
-    fn affinity_keeps_one_replica_until_it_is_busy_or_down() {
-        use shardline::ring::RingHash;
-        let names: Vec<ServerName> = ["Server0", "Server1", "Server2"]
-            .iter()
-            .map(|n| ServerName::parse(n).unwrap())
-            .collect();
-        let ring = HashRing::new(RingHash::Mixed, names.clone());
-        let all = |_: &ServerName| true;
-        let none = |_: &ServerName| false;
-        let home = choose(&ring, 42, all, none).unwrap().clone();
-        for _ in 0..10 {
-            assert_eq!(choose(&ring, 42, all, none), Some(&home));
+    fn every_read_level_is_accepted_and_another_value_names_them() {
+        let level = |c: Value| {
+            plan(
+                &a1(),
+                &json!({"Stud_id": {"low": 1, "high": 2}, "consistency": c}),
+            )
+        };
+        assert_eq!(level(json!(null)).unwrap().consistency, ReadLevel::Any);
+        assert_eq!(level(json!("any")).unwrap().consistency, ReadLevel::Any);
+        assert_eq!(
+            level(json!("primary")).unwrap().consistency,
+            ReadLevel::Primary
+        );
+        assert_eq!(
+            level(json!("linearizable")).unwrap().consistency,
+            ReadLevel::Linearizable
+        );
+        for other in [json!("strong"), json!("Primary"), json!(1), json!(["any"])] {
+            let e = level(other.clone()).unwrap_err();
+            assert_eq!(e.code(), shardline::ErrorCode::BadRequest);
+            assert_eq!(
+                e.message(),
+                format!(
+                    "`consistency` must be one of \"any\" (the default), \"primary\", \"linearizable\"; got {other}"
+                )
+            );
         }
-        // Busy: the overflow goes to another replica, always the same one.
-        let busy_home = |s: &ServerName| *s == home;
-        let next = choose(&ring, 42, all, busy_home).unwrap().clone();
-        assert_ne!(next, home);
-        assert_eq!(choose(&ring, 42, all, busy_home), Some(&next));
-        // Down: skipped whether busy or not; every live replica busy: the first live one.
-        let up = |s: &ServerName| *s != home;
-        assert_eq!(choose(&ring, 42, up, none), Some(&next));
-        assert_eq!(choose(&ring, 42, up, all), Some(&next));
-        assert_eq!(choose(&ring, 42, all, all), Some(&home));
-        assert_eq!(choose(&ring, 42, none, none), None);
-        // Different gateways (ids) land on different replicas.
-        let homes: std::collections::BTreeSet<_> = (0..64u64)
-            .filter_map(|r| choose(&ring, r, all, none).cloned())
-            .collect();
-        assert_eq!(homes.len(), names.len());
     }
 
     #[test]

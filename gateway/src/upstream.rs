@@ -166,13 +166,26 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// Whether a request sent to a primary changes anything: that decides when it may be sent a
+/// second time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A write: sent again only when it certainly reached no primary (421, no connection).
+    Write,
+    /// A read: it changes nothing, so one that got no answer is sent again too, and a last
+    /// attempt without an answer is `unavailable`, never `outcome_unknown`.
+    Read,
+}
+
 /// Sends `body` (encoded by [`encode`]) to the primary of `shard` and returns its answer's
 /// bytes. When the primary refuses (421: it is not, or not yet, the primary) or cannot be
-/// reached, waits a bounded time for the metadata to name another primary and tries once more
-/// ([`failover`]).
+/// reached (for a [`Kind::Read`], also when it does not answer), waits a bounded time for the
+/// metadata to name another primary and tries once more ([`failover`]). `path` may carry a
+/// query (`/read?consistency=primary`).
 pub async fn to_primary(
     state: &AppState,
     shard: &str,
+    kind: Kind,
     method: Method,
     path: &str,
     body: Bytes,
@@ -188,6 +201,7 @@ pub async fn to_primary(
     failover(
         state.topology.clone(),
         shard,
+        kind,
         state.config.failover_wait(),
         send,
     )
@@ -195,11 +209,12 @@ pub async fn to_primary(
 }
 
 /// The attempts of [`to_primary`], with the sending left to `send` (so the sequence can be
-/// tested without a network): the current primary, then, if [`after_first`] says so, the
-/// one [`wait_for_primary`] finds within `wait`.
+/// tested without a network): the current primary, then, if [`after_first`] (or, for a read,
+/// [`read_after_first`]) says so, the one [`wait_for_primary`] finds within `wait`.
 pub async fn failover<F, Fut>(
     mut rx: TopologyRx,
     shard: &str,
+    kind: Kind,
     wait: Duration,
     mut send: F,
 ) -> Result<Bytes, ApiError>
@@ -212,7 +227,12 @@ where
         Some(t) => t,
         None => wait_for_primary(&mut rx, shard, None, None, wait).await?,
     };
-    let hint = match after_first(shard, &first.name, send(first.clone()).await) {
+    let answer = send(first.clone()).await;
+    let next = match kind {
+        Kind::Write => after_first(shard, &first.name, answer),
+        Kind::Read => read_after_first(shard, &first.name, answer),
+    };
+    let hint = match next {
         Next::Done(answer) => return answer,
         Next::Retry { hint, reason } => {
             crate::metrics::retry(shard, reason);
@@ -220,7 +240,11 @@ where
         }
     };
     let second = wait_for_primary(&mut rx, shard, Some(&first.name), hint, wait).await?;
-    after_second(shard, &second.name, send(second.clone()).await)
+    let answer = send(second.clone()).await;
+    match kind {
+        Kind::Write => after_second(shard, &second.name, answer),
+        Kind::Read => read_after_second(shard, &second.name, answer),
+    }
 }
 
 /// What to do after the first attempt at a shard's primary.
@@ -283,6 +307,39 @@ pub fn after_second(
     }
 }
 
+/// [`after_first`] for a read: a read changes nothing, so one sent without an answer is as
+/// safe to send again as one that was refused.
+pub fn read_after_first(
+    shard: &str,
+    server: &ServerName,
+    result: Result<Bytes, CallError>,
+) -> Next {
+    match result {
+        Err(CallError::Transport(e)) => {
+            tracing::debug!(shard, %server, error = %e, "no answer to a read; retrying");
+            Next::Retry {
+                hint: None,
+                reason: "primary_no_answer",
+            }
+        }
+        result => after_first(shard, server, result),
+    }
+}
+
+/// [`after_second`] for a read: no answer is `unavailable` (nothing was changed).
+pub fn read_after_second(
+    shard: &str,
+    server: &ServerName,
+    result: Result<Bytes, CallError>,
+) -> Result<Bytes, ApiError> {
+    match result {
+        Err(CallError::Transport(e)) => Err(ApiError::Unavailable(format!(
+            "shard {shard}: primary {server} did not answer the read ({e})"
+        ))),
+        result => after_second(shard, server, result),
+    }
+}
+
 fn unknown_outcome(shard: &str, server: &ServerName, e: &str) -> ApiError {
     ApiError::OutcomeUnknown(format!(
         "shard {shard}: primary {server} did not answer ({e}); the request may or may not have been applied"
@@ -325,277 +382,4 @@ pub async fn wait_for_primary(
 }
 
 #[cfg(test)]
-mod tests {
-    //! The failover logic in-process: the metadata channel is a plain `tokio::sync::watch`
-    //! channel the test publishes on, time is paused (it advances only when every task
-    //! waits), and the shard servers are a closure answering from a script.
-
-    use std::collections::VecDeque;
-    use std::sync::{Arc, Mutex};
-
-    use shardline::meta::{ClusterMeta, Health, ServerMeta};
-    use shardline::names::ShardId;
-    use shardline::ring::RingHash;
-    use shardline::ErrorCode;
-    use tokio::sync::watch;
-
-    use super::*;
-    use crate::topology::{Routing, Topology};
-
-    const WAIT: Duration = Duration::from_secs(2);
-
-    fn name(s: &str) -> ServerName {
-        ServerName::parse(s).unwrap()
-    }
-
-    /// The A1 layout on Server0..2, each holding sh1, with sh1's primary `primary`.
-    fn meta(primary: Option<&str>) -> ClusterMeta {
-        let mut m = crate::write::tests::a1();
-        for (i, n) in ["Server0", "Server1", "Server2"].into_iter().enumerate() {
-            m.servers.insert(
-                name(n),
-                ServerMeta {
-                    addr: format!("127.0.0.1:{}", 9000 + i),
-                    shards: vec![ShardId::parse("sh1").unwrap()],
-                    health: Health::Up,
-                    applied: Default::default(),
-                },
-            );
-        }
-        m.shards[0].primary = primary.map(name);
-        m
-    }
-
-    fn configured(primary: Option<&str>, revision: u64) -> Arc<Topology> {
-        let routing = Routing::new(meta(primary), revision, RingHash::Mixed);
-        Arc::new(Topology::Configured(Box::new(routing)))
-    }
-
-    fn channel(primary: Option<&str>) -> (watch::Sender<Arc<Topology>>, TopologyRx) {
-        watch::channel(configured(primary, 1))
-    }
-
-    /// Publishes each `(after, primary)` in turn, `after` counted from the previous one.
-    fn publish_later(tx: watch::Sender<Arc<Topology>>, steps: Vec<(u64, Option<&'static str>)>) {
-        tokio::spawn(async move {
-            for (revision, (after, primary)) in (2..).zip(steps) {
-                tokio::time::sleep(Duration::from_millis(after)).await;
-                tx.send_replace(configured(primary, revision));
-            }
-            // Keep the channel open: a closed one ends the wait early.
-            std::future::pending::<()>().await;
-        });
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn returns_as_soon_as_another_primary_is_named() {
-        let (tx, mut rx) = channel(Some("Server0"));
-        // A revision that keeps the avoided primary does not end the wait.
-        publish_later(tx, vec![(300, Some("Server0")), (200, Some("Server1"))]);
-        let start = Instant::now();
-        let avoid = name("Server0");
-        let p = wait_for_primary(&mut rx, "sh1", Some(&avoid), None, WAIT)
-            .await
-            .unwrap();
-        assert_eq!(p.name, name("Server1"));
-        assert_eq!(p.authority.as_str(), "127.0.0.1:9001");
-        assert_eq!(start.elapsed(), Duration::from_millis(500));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_named_primary_is_taken_at_once() {
-        let (_tx, mut rx) = channel(Some("Server2"));
-        let start = Instant::now();
-        let p = wait_for_primary(&mut rx, "sh1", None, None, WAIT)
-            .await
-            .unwrap();
-        assert_eq!(p.name, name("Server2"));
-        assert_eq!(start.elapsed(), Duration::ZERO);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn at_the_deadline_falls_back_to_the_hint_then_the_current_primary() {
-        let (_tx, mut rx) = channel(Some("Server0"));
-        let avoid = name("Server0");
-        let start = Instant::now();
-        let p = wait_for_primary(&mut rx, "sh1", Some(&avoid), Some("Server2".into()), WAIT)
-            .await
-            .unwrap();
-        assert_eq!(p.name, name("Server2"));
-        assert_eq!(start.elapsed(), WAIT);
-        // No hint, an unknown one, or the avoided server itself: the metadata's primary.
-        for hint in [None, Some("Server9"), Some("Server0")] {
-            let start = Instant::now();
-            let p = wait_for_primary(&mut rx, "sh1", Some(&avoid), hint.map(Into::into), WAIT)
-                .await
-                .unwrap();
-            assert_eq!(p.name, avoid, "hint {hint:?}");
-            assert_eq!(start.elapsed(), WAIT);
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn no_primary_until_the_deadline_is_no_primary() {
-        let (_tx, mut rx) = channel(None);
-        let start = Instant::now();
-        let e = wait_for_primary(&mut rx, "sh1", None, None, WAIT)
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), ErrorCode::NoPrimary);
-        assert_eq!(e.message(), "shard sh1 has no primary");
-        assert_eq!(start.elapsed(), WAIT);
-
-        // Elected meanwhile: taken when the metadata says so.
-        let (tx, mut rx) = channel(None);
-        publish_later(tx, vec![(100, Some("Server1"))]);
-        let start = Instant::now();
-        let p = wait_for_primary(&mut rx, "sh1", None, None, WAIT)
-            .await
-            .unwrap();
-        assert_eq!(p.name, name("Server1"));
-        assert_eq!(start.elapsed(), Duration::from_millis(100));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_unconfigured_cluster_is_unavailable() {
-        let (_tx, mut rx) = watch::channel(Arc::new(Topology::Unconfigured));
-        let e = wait_for_primary(&mut rx, "sh1", None, None, WAIT)
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), ErrorCode::Unavailable);
-        assert!(e.message().contains("POST /init"), "{e}");
-    }
-
-    fn not_primary(hint: Option<&str>) -> Result<Bytes, CallError> {
-        Err(CallError::Status(ApiError::NotPrimary {
-            message: "not the primary".into(),
-            primary: hint.map(Into::into),
-        }))
-    }
-
-    #[test]
-    fn retry_only_what_certainly_reached_no_primary() {
-        let s = name("Server0");
-        let retry = |r| match after_first("sh1", &s, r) {
-            Next::Retry { hint, reason } => Some((hint, reason)),
-            Next::Done(_) => None,
-        };
-        assert_eq!(
-            retry(not_primary(Some("Server1"))),
-            Some((Some("Server1".into()), "not_primary"))
-        );
-        assert_eq!(
-            retry(Err(CallError::Connect("refused".into()))),
-            Some((None, "primary_unreachable"))
-        );
-        // Sent, no answer: may have been committed, never sent again.
-        match after_first("sh1", &s, Err(CallError::Transport("reset".into()))) {
-            Next::Done(Err(e)) => {
-                assert_eq!(e.code(), ErrorCode::OutcomeUnknown);
-                assert_eq!(
-                    e.message(),
-                    "shard sh1: primary Server0 did not answer (reset); the request may or may not have been applied"
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-        // A server's own failure is the answer, code kept.
-        let dup = Err(CallError::Status(ApiError::Duplicate("dup".into())));
-        match after_first("sh1", &s, dup) {
-            Next::Done(Err(e)) => assert_eq!(e.code(), ErrorCode::DuplicateKey),
-            other => panic!("{other:?}"),
-        }
-        match after_first("sh1", &s, Ok(Bytes::from_static(b"{}"))) {
-            Next::Done(Ok(b)) => assert_eq!(&b[..], b"{}"),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn the_last_attempt_says_whether_anything_was_applied() {
-        let s = name("Server1");
-        let e = after_second("sh1", &s, not_primary(None)).unwrap_err();
-        assert_eq!(e.code(), ErrorCode::Unavailable);
-        assert!(e.message().starts_with(
-            "shard sh1: Server1 refused as not the primary (not the primary); an election"
-        ));
-        let e = after_second("sh1", &s, Err(CallError::Connect("refused".into()))).unwrap_err();
-        assert_eq!(e.code(), ErrorCode::Unavailable);
-        assert_eq!(
-            e.message(),
-            "shard sh1: primary Server1 is unreachable: refused"
-        );
-        let e = after_second("sh1", &s, Err(CallError::Transport("timeout".into()))).unwrap_err();
-        assert_eq!(e.code(), ErrorCode::OutcomeUnknown);
-    }
-
-    /// Runs [`failover`] against scripted answers; returns its result, the servers it sent to
-    /// and how long it took.
-    async fn script(
-        rx: TopologyRx,
-        answers: Vec<Result<Bytes, CallError>>,
-    ) -> (Result<Bytes, ApiError>, Vec<ServerName>, Duration) {
-        let answers = Mutex::new(VecDeque::from(answers));
-        let sent = Arc::new(Mutex::new(Vec::new()));
-        let send = |t: Target| {
-            sent.lock().unwrap().push(t.name);
-            let answer = answers
-                .lock()
-                .unwrap()
-                .pop_front()
-                .expect("an unscripted call");
-            async move { answer }
-        };
-        let start = Instant::now();
-        let result = failover(rx, "sh1", WAIT, send).await;
-        let sent = sent.lock().unwrap().clone();
-        (result, sent, start.elapsed())
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_refused_write_goes_to_the_new_primary_once_the_metadata_names_it() {
-        let (tx, rx) = channel(Some("Server0"));
-        publish_later(tx, vec![(150, Some("Server2"))]);
-        let ok = Ok(Bytes::from_static(b"{}"));
-        let (result, sent, took) = script(rx, vec![not_primary(Some("Server1")), ok]).await;
-        assert!(result.is_ok());
-        // The metadata beats the refusing server's hint.
-        assert_eq!(sent, [name("Server0"), name("Server2")]);
-        assert_eq!(took, Duration::from_millis(150));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn without_a_new_primary_the_hint_gets_the_retry_at_the_deadline() {
-        let (_tx, rx) = channel(Some("Server0"));
-        let (result, sent, took) = script(
-            rx,
-            vec![
-                not_primary(Some("Server1")),
-                Err(CallError::Connect("refused".into())),
-            ],
-        )
-        .await;
-        assert_eq!(result.unwrap_err().code(), ErrorCode::Unavailable);
-        assert_eq!(sent, [name("Server0"), name("Server1")]);
-        assert_eq!(took, WAIT);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_request_without_an_answer_is_not_sent_again() {
-        let (_tx, rx) = channel(Some("Server0"));
-        let (result, sent, took) =
-            script(rx, vec![Err(CallError::Transport("reset".into()))]).await;
-        assert_eq!(result.unwrap_err().code(), ErrorCode::OutcomeUnknown);
-        assert_eq!(sent, [name("Server0")]);
-        assert_eq!(took, Duration::ZERO);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_shard_without_a_primary_waits_for_one_then_gives_up() {
-        let (_tx, rx) = channel(None);
-        let (result, sent, took) = script(rx, vec![]).await;
-        assert_eq!(result.unwrap_err().code(), ErrorCode::NoPrimary);
-        assert!(sent.is_empty());
-        assert_eq!(took, WAIT);
-    }
-}
+mod tests;

@@ -230,7 +230,14 @@ async fn to_primary(
     req: Bytes,
 ) -> Result<(), ApiError> {
     let start = std::time::Instant::now();
-    let result = upstream::to_primary(state, shard, method, &format!("/{op}"), req)
+    let result = upstream::to_primary(
+        state,
+        shard,
+        upstream::Kind::Write,
+        method,
+        &format!("/{op}"),
+        req,
+    )
         .await
         .and_then(|answer| {
             upstream::decode::<Done>(&answer).map_err(|e| {

@@ -289,11 +289,23 @@ pub struct KeyRange {
     high: i64,
 }
 
+/// What a `/read` guarantees (docs/API.md, README "Reads"). `any` (the default): each shard
+/// is read from one replica picked on its ring that is caught up with the shard's log within
+/// the shard servers' `--max-staleness-ms` (default 1000); a replica further behind, or
+/// recovering, refuses and the next one on the ring is asked, so a read may miss writes
+/// acknowledged up to that long ago. `primary`: each shard is read from its primary, which
+/// checks that it leads the current term and has applied that term's marker; it sees every
+/// write it acknowledged (read-your-writes), though during a failover a deposed primary that
+/// has not yet learned of the new term may still answer. `linearizable`: the `primary`
+/// checks plus a read index: the primary waits until it has applied everything the shard's
+/// log held when the read arrived and confirms it still leads the same term, then reads; the
+/// read sees every write acknowledged before it began and no deposed primary answers it.
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Consistency {
     Any,
     Primary,
+    Linearizable,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -302,8 +314,7 @@ pub enum Consistency {
 pub struct ReadRequest {
     #[serde(rename = "Stud_id")]
     stud_id: KeyRange,
-    /// `primary` reads every shard from its primary (read-your-writes); absent or null:
-    /// `any`.
+    /// `any` (absent or null: the default), `primary` or `linearizable`; see `Consistency`.
     consistency: Option<Consistency>,
 }
 

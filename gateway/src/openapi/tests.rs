@@ -232,3 +232,31 @@ fn request_bodies_refuse_unknown_fields_and_null_optionals() {
     );
     assert_eq!(s["RmRequestDoc"]["properties"]["servers"]["type"], "array");
 }
+
+#[test]
+fn the_read_levels_are_the_gateways() {
+    use shardline::internal::ReadLevel;
+    let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+    let schema = &doc["components"]["schemas"]["Consistency"];
+    let levels = [ReadLevel::Any, ReadLevel::Primary, ReadLevel::Linearizable];
+    let names: Vec<&str> = levels.map(|l| l.as_str()).to_vec();
+    assert_eq!(schema["enum"], serde_json::json!(names));
+    for l in levels {
+        assert_eq!(serde_json::to_value(l).unwrap(), l.as_str());
+    }
+    // Each level's guarantee is stated where clients look: the schema and docs/API.md.
+    let text = schema["description"].as_str().unwrap();
+    let read_md = api_md_section("Gateway endpoints")
+        .into_iter()
+        .skip_while(|l| *l != "### GET /read")
+        .take_while(|l| *l != "### POST /read")
+        .collect::<Vec<_>>()
+        .join("\n");
+    for name in names {
+        assert!(text.contains(&format!("`{name}`")), "{name} in the schema");
+        assert!(
+            read_md.contains(&format!("`\"{name}\"`")),
+            "{name} in docs/API.md"
+        );
+    }
+}
