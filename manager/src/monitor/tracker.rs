@@ -8,8 +8,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use shardline::internal::Heartbeat;
 use shardline::meta::Health;
-use shardline::names::ServerName;
+use shardline::names::{ServerName, ShardId};
+use shardline::Term;
 use tokio::time::Instant;
 
 use super::Settings;
@@ -64,13 +66,45 @@ struct Watch {
     down_since: Option<Instant>,
 }
 
+/// One shard's primary as a round saw it.
+#[derive(Debug, Clone)]
+pub struct PrimarySighting<'a> {
+    pub shard: ShardId,
+    pub primary: ServerName,
+    /// The shard's term in the metadata.
+    pub term: Term,
+    /// The primary's heartbeat this round (`None`: silent; the misses count handles that).
+    pub beat: Option<&'a Heartbeat>,
+}
+
+/// Why a primary that still answers its heartbeat is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unfit {
+    /// Its oldest write has waited longer than the commit-stall limit.
+    Stalled { ms: u64 },
+    /// It has reported no NATS connection for longer than the limit.
+    NatsLost,
+    /// It has applied a term other than the metadata's for longer than the limit.
+    WrongTerm { applied: Term, metadata: Term },
+}
+
+/// A primary's problem and since when it has been seen (continuously).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Problem {
+    NatsLost,
+    WrongTerm(Term, Term),
+}
+
 /// What the monitor remembers of each server between rounds.
 #[derive(Debug)]
 pub struct Tracker {
     dead_after: u32,
     max_respawns: usize,
     respawn_window: Duration,
+    commit_stall: Duration,
     watches: HashMap<ServerName, Watch>,
+    /// Per shard: its primary, the problem seen and since when.
+    problems: HashMap<ShardId, (ServerName, Problem, Instant)>,
 }
 
 impl Tracker {
@@ -79,8 +113,55 @@ impl Tracker {
             dead_after: settings.dead_after,
             max_respawns: settings.max_respawns,
             respawn_window: settings.respawn_window,
+            commit_stall: settings.commit_stall,
             watches: HashMap::new(),
+            problems: HashMap::new(),
         }
+    }
+
+    /// Judges each shard's primary from its heartbeat: one whose writes have been stalled
+    /// past the commit-stall limit is unfit at once (the stall is measured by the server);
+    /// one without NATS, or that applied another term than the metadata's, is unfit once that
+    /// has lasted the limit (a NATS reconnect or a marker being applied take a moment).
+    pub fn primaries<'a>(
+        &mut self,
+        now: Instant,
+        seen: impl IntoIterator<Item = PrimarySighting<'a>>,
+    ) -> Vec<(ShardId, ServerName, Unfit)> {
+        let mut unfit = Vec::new();
+        let mut still = HashMap::new();
+        for p in seen {
+            let Some(beat) = p.beat else { continue };
+            let progress = beat.shards.get(&p.shard);
+            let stalled = progress.and_then(|g| g.stalled_ms);
+            if let Some(ms) = stalled.filter(|ms| *ms > self.commit_stall.as_millis() as u64) {
+                unfit.push((p.shard, p.primary, Unfit::Stalled { ms }));
+                continue;
+            }
+            let problem = if !beat.nats_connected {
+                Problem::NatsLost
+            } else if let Some(applied) = progress.map(|g| g.term).filter(|t| *t != p.term) {
+                Problem::WrongTerm(applied, p.term)
+            } else {
+                continue;
+            };
+            let since = match self.problems.get(&p.shard) {
+                Some((who, was, since)) if *who == p.primary && *was == problem => *since,
+                _ => now,
+            };
+            if now.saturating_duration_since(since) >= self.commit_stall {
+                let why = match problem {
+                    Problem::NatsLost => Unfit::NatsLost,
+                    Problem::WrongTerm(applied, metadata) => Unfit::WrongTerm { applied, metadata },
+                };
+                unfit.push((p.shard, p.primary, why));
+            } else {
+                still.insert(p.shard, (p.primary, problem, since));
+            }
+        }
+        // A problem not seen this round (or acted on) starts from zero next time.
+        self.problems = still;
+        unfit
     }
 
     /// Takes one round of heartbeats over every server in the metadata (servers not in it
@@ -183,8 +264,11 @@ mod tests {
             dead_after: 3,
             max_respawns: 3,
             respawn_window: Duration::from_secs(300),
+            commit_stall: STALL,
         }
     }
+
+    const STALL: Duration = Duration::from_millis(2000);
 
     fn name(s: &str) -> ServerName {
         ServerName::parse(s).unwrap()
