@@ -306,4 +306,30 @@ mod tests {
         assert_eq!(winner(&c[..6]), None);
         assert_eq!(winner(&[]), None);
     }
+
+    #[test]
+    fn a_replica_cut_off_from_nats_is_never_elected() {
+        let mut cut = candidate("S1", Health::Up, Some((90, false)));
+        cut.nats_connected = false;
+        let c = [cut, candidate("S2", Health::Up, Some((10, false)))];
+        assert_eq!(winner(&c), Some(("S2".into(), 10)));
+        assert_eq!(winner(&c[..1]), None);
+        // A server that did not answer is not taken as connected.
+        let silent = Candidate::heard(
+            ServerName::parse("S3").unwrap(),
+            Health::Up,
+            false,
+            &ShardId::parse("sh1").unwrap(),
+            None,
+        );
+        assert!(!silent.nats_connected && silent.eligible().is_none());
+    }
+
+    #[test]
+    fn the_new_term_is_above_the_metadata_and_every_marker() {
+        assert_eq!(next_term(Term(3), None), Term(4));
+        // An election interrupted after its marker: the stream is ahead of the metadata.
+        assert_eq!(next_term(Term(3), Some(Term(4))), Term(5));
+        assert_eq!(next_term(Term(5), Some(Term(4))), Term(6));
+    }
 }

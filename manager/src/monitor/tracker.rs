@@ -438,4 +438,101 @@ mod tests {
         let v = round(&mut t, vec![saw(&s1, Health::Up, SILENT)]).await;
         assert_eq!(v, Verdict::default());
     }
+
+    fn beat(nats_connected: bool, term: u64, stalled_ms: Option<u64>) -> Heartbeat {
+        Heartbeat {
+            server: name("S1"),
+            shards: [(
+                ShardId::parse("sh1").unwrap(),
+                shardline::internal::ReplicaProgress {
+                    applied: shardline::Seq(5),
+                    term: Term(term),
+                    recovering: false,
+                    stale_ms: None,
+                    stalled_ms,
+                },
+            )]
+            .into(),
+            nats_connected,
+        }
+    }
+
+    /// One round a heartbeat interval after the previous one, judging sh1's primary S1 at
+    /// metadata term 2.
+    async fn judge(t: &mut Tracker, b: &Heartbeat) -> Vec<Unfit> {
+        advance(INTERVAL).await;
+        let seen = PrimarySighting {
+            shard: ShardId::parse("sh1").unwrap(),
+            primary: name("S1"),
+            term: Term(2),
+            beat: Some(b),
+        };
+        (t.primaries(Instant::now(), [seen]).into_iter())
+            .map(|(_, _, why)| why)
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_healthy_primary_or_a_short_stall_is_kept() {
+        let mut t = Tracker::new(&settings());
+        for b in [beat(true, 2, None), beat(true, 2, Some(2000))] {
+            for _ in 0..20 {
+                assert_eq!(judge(&mut t, &b).await, []);
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_primary_stalled_past_the_limit_is_replaced_at_once() {
+        let mut t = Tracker::new(&settings());
+        let b = beat(true, 2, Some(2001));
+        assert_eq!(judge(&mut t, &b).await, [Unfit::Stalled { ms: 2001 }]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_primary_without_nats_is_replaced_once_that_lasted_the_limit() {
+        let mut t = Tracker::new(&settings());
+        let cut = beat(false, 2, None);
+        // 300 ms rounds: the first sighting starts the clock; replaced 2 s after it.
+        let first = judge(&mut t, &cut).await;
+        assert_eq!(first, []);
+        for _ in 0..5 {
+            assert_eq!(judge(&mut t, &cut).await, []);
+        }
+        advance(STALL - INTERVAL * 6).await;
+        assert_eq!(judge(&mut t, &cut).await, [Unfit::NatsLost]);
+        // A reconnect in between starts the count again.
+        let mut t = Tracker::new(&settings());
+        for _ in 0..5 {
+            assert_eq!(judge(&mut t, &cut).await, []);
+        }
+        assert_eq!(judge(&mut t, &beat(true, 2, None)).await, []);
+        for _ in 0..6 {
+            assert_eq!(judge(&mut t, &cut).await, []);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_primary_at_another_term_than_the_metadata_is_replaced_after_the_limit() {
+        let mut t = Tracker::new(&settings());
+        // Applied a newer marker the metadata lacks (or has not applied its own yet).
+        for applied in [3, 1] {
+            let b = beat(true, applied, None);
+            let mut rounds = 0;
+            let unfit = loop {
+                rounds += 1;
+                let u = judge(&mut t, &b).await;
+                if !u.is_empty() || rounds > 20 {
+                    break u;
+                }
+            };
+            let want = Unfit::WrongTerm {
+                applied: Term(applied),
+                metadata: Term(2),
+            };
+            assert_eq!(unfit, [want]);
+            // The first sighting starts the clock: 2 s later, at the 8th round of 300 ms.
+            assert_eq!(rounds, 8, "applied term {applied}");
+        }
+    }
 }
