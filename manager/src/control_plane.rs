@@ -59,9 +59,10 @@ impl<R: Runtime> ControlPlane<R> {
         }
     }
 
-    /// The metadata, or the error every operation answers before `/init`.
+    /// The metadata as stored now (a manager that just took over may not have seen the last
+    /// writes of the previous one), or the error every operation answers before `/init`.
     pub async fn configured(&self) -> Result<ClusterMeta, ApiError> {
-        self.meta.get().await.ok_or_else(not_configured)
+        self.meta.fresh().await?.ok_or_else(not_configured)
     }
 
     pub async fn set_health(&self, names: &[ServerName], health: Health) -> Result<(), ApiError> {

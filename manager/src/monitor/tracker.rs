@@ -140,7 +140,13 @@ impl Tracker {
             }
             let problem = if !beat.nats_connected {
                 Problem::NatsLost
-            } else if let Some(applied) = progress.map(|g| g.term).filter(|t| *t != p.term) {
+            } else if let Some(applied) = progress
+                // A primary still catching up (a respawned sole replica) reaches its term
+                // when it has replayed the log; there is nobody better to elect meanwhile.
+                .filter(|g| !g.recovering)
+                .map(|g| g.term)
+                .filter(|t| *t != p.term)
+            {
                 Problem::WrongTerm(applied, p.term)
             } else {
                 continue;
