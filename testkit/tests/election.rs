@@ -309,6 +309,10 @@ async fn one_manager_acts_at_a_time() {
         assert_eq!(role(&c, &b).await, "active");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(c
+        .manager()
+        .log()
+        .contains("lost the manager lease: standby"));
     assert!(write(&c, keys.next().unwrap()).await);
     assert_markers_increase(&c).await;
 }
