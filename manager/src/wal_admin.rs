@@ -26,6 +26,9 @@ use crate::lease::Lease;
 /// back than this is one the metadata already records (or a lower term).
 pub const MARKER_SCAN: u64 = 512;
 
+/// How many messages [`WalAdmin::tail`] fetches at once.
+const SCAN_CHUNK: u64 = 32;
+
 /// A term marker found in a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Marker {
@@ -125,26 +128,33 @@ impl WalAdmin {
         let first = state
             .first_sequence
             .max(state.last_sequence.saturating_sub(scan));
-        let mut seq = state.last_sequence;
-        while seq >= first.max(1) {
-            // A message may be gone (deleted, or the stream was purged under us): skip it.
-            if let Ok(msg) = stream.get_raw_message(seq).await {
-                if let Ok(entry) = WalEntry::decode(&msg.payload) {
-                    tail.last_term.get_or_insert(entry.term);
-                    if let WalOp::Term { primary } = entry.op {
-                        tail.marker = Some(Marker {
-                            seq: Seq(seq),
-                            term: entry.term,
-                            primary,
-                        });
-                        break;
-                    }
+        // From the end backwards, a chunk of messages fetched at once at a time: an
+        // election waits for this scan.
+        let mut high = state.last_sequence;
+        let low = first.max(1);
+        'scan: while high >= low {
+            let chunk_low = high.saturating_sub(SCAN_CHUNK - 1).max(low);
+            let fetched = futures::future::join_all((chunk_low..=high).rev().map(|seq| {
+                let stream = &stream;
+                async move { (seq, stream.get_raw_message(seq).await) }
+            }))
+            .await;
+            for (seq, msg) in fetched {
+                // A message may be gone (deleted, or the stream was purged under us): skip it.
+                let Some(entry) = msg.ok().and_then(|m| WalEntry::decode(&m.payload).ok()) else {
+                    continue;
+                };
+                tail.last_term.get_or_insert(entry.term);
+                if let WalOp::Term { primary } = entry.op {
+                    tail.marker = Some(Marker {
+                        seq: Seq(seq),
+                        term: entry.term,
+                        primary,
+                    });
+                    break 'scan;
                 }
             }
-            if scan == 0 {
-                break;
-            }
-            seq -= 1;
+            high = chunk_low - 1;
         }
         Ok(tail)
     }
