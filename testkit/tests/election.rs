@@ -231,23 +231,39 @@ async fn crash_after_the_marker_while_the_old_primary_lives() {
     assert_markers_increase(&c).await;
 }
 
-/// The same crash with the old primary killed: the next manager must not append a second
-/// marker of the interrupted election's term (before the fix it did: it chose its term from
-/// the metadata alone).
-#[tokio::test(flavor = "multi_thread")]
-async fn crash_after_the_marker_then_the_old_primary_is_dead() {
-    let mut c = start(Some("election.after_marker")).await;
+/// The manager crashes at `failpoint` of the election that replaces sh1's killed primary;
+/// a manager without the failpoint takes over and sh1 takes writes again.
+async fn crash_at_then_restart(failpoint: &str) {
+    let mut c = start(Some(failpoint)).await;
     let mut keys = sh1_keys();
     assert!(write(&c, keys.next().unwrap()).await);
     let old = primary_of(&status(&c).await, "sh1").unwrap();
     c.kill_server(&old);
     let code = exit_code(c.manager(), RECOVER).await;
-    assert_eq!(code, Some(86), "the manager must stop at the failpoint");
+    assert_eq!(code, Some(86), "the manager must stop at {failpoint}");
     let addr = c.manager_url().trim_start_matches("http://").to_string();
     let (_manager, _) = another_manager(&c, "manager-2", &addr).await;
     let took = wait_writable(&c, &mut keys, RECOVER).await;
-    println!("sh1 writable again {took:?} after the manager restart");
+    println!("{failpoint}: sh1 writable again {took:?} after the manager restart");
     assert_markers_increase(&c).await;
+}
+
+/// The crash after the marker with the old primary killed: the next manager must not append
+/// a second marker of the interrupted election's term (before the fix it did: it chose its
+/// term from the metadata alone).
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_after_the_marker_then_the_old_primary_is_dead() {
+    crash_at_then_restart("election.after_marker").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_before_the_marker() {
+    crash_at_then_restart("election.before_marker").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_after_the_metadata() {
+    crash_at_then_restart("election.after_metadata").await;
 }
 
 /// Two managers on one NATS: one active, one standby (which refuses admin calls). The active
