@@ -1,10 +1,15 @@
 //! Failure detection and repair: heartbeats every server, marks it down after a few misses,
 //! elects new primaries for the shards it led, and respawns it through the runtime when its
 //! process is gone (a paused or hung process is fenced by the election, not killed).
-//! Respawns back off; a server that keeps dying is marked `failed` and left alone.
+//! Respawns back off; a server that keeps dying is marked `failed` and left alone. A primary
+//! that answers but cannot commit (stalled writes, no NATS, stuck at another term than the
+//! metadata's) is replaced too. Rounds run only on the manager holding the lease; on
+//! becoming active, and when a replica reports a term above the metadata's, the metadata is
+//! reconciled with the streams' latest markers.
 //!
 //! [`run`] does the I/O of each round; [`tracker::Tracker`] makes the per-server decisions
-//! (misses, down, back, respawn back-off, failed) from what the round heard and the time.
+//! (misses, down, back, respawn back-off, failed) and judges the primaries, from what the
+//! round heard and the time.
 
 pub mod tracker;
 
@@ -70,8 +75,9 @@ pub async fn run<R: Runtime>(
     let mut tracker = Tracker::new(&settings);
     let mut respawns = Respawns::default();
     // Whether the last round ran as the active manager: on becoming active, forget what was
-    // tracked before and reconcile every shard with its stream.
+    // tracked before and reconcile every shard with its stream (until that succeeded).
     let mut active = false;
+    let mut reconcile_all = true;
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -84,12 +90,12 @@ pub async fn run<R: Runtime>(
                     active = false;
                     continue;
                 }
-                let reconcile_all = !active;
                 if !active {
                     tracker = Tracker::new(&settings);
+                    reconcile_all = true;
                     active = true;
                 }
-                let round = round(&control, &settings, &mut tracker, &mut respawns, &stop, reconcile_all);
+                let round = round(&control, &settings, &mut tracker, &mut respawns, &stop, &mut reconcile_all);
                 tokio::select! {
                     () = stop.cancelled() => break,
                     result = round => {
@@ -110,7 +116,7 @@ async fn round<R: Runtime>(
     tracker: &mut Tracker,
     respawns: &mut Respawns,
     stop: &CancellationToken,
-    reconcile_all: bool,
+    reconcile_all: &mut bool,
 ) -> Result<(), ApiError> {
     // Re-read: another manager may have written since this one last looked.
     let Some(meta) = control.meta.fresh().await? else {
@@ -151,17 +157,20 @@ async fn round<R: Runtime>(
     // A marker the metadata lacks (an election interrupted between the two): on becoming
     // active look at every stream; afterwards whenever a replica reports a term above the
     // metadata's (it applied such a marker).
+    let mut reconciled = true;
     for s in &meta.shards {
         let ahead = meta
             .replicas(s.id.as_str())
             .filter_map(|r| beats.get(r)?.shards.get(&s.id))
             .any(|p| p.term > s.term);
-        if reconcile_all || ahead {
+        if *reconcile_all || ahead {
             if let Err(e) = control.reconcile(&s.id, &beats).await {
                 tracing::warn!(shard = %s.id, error = %e, "reconciling with the stream failed");
+                reconciled = false;
             }
         }
     }
+    *reconcile_all &= !reconciled;
 
     let Some(meta) = control.meta.get().await else {
         return Ok(());
