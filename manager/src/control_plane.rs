@@ -4,12 +4,14 @@
 //! [`crate::ops`] (`/init`, `/add`, `/rm`), [`crate::election`], [`crate::bring_up`], and
 //! [`crate::monitor`] drives failover and respawns.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use shardline::meta::{ClusterMeta, Health};
 use shardline::names::ServerName;
 use shardline::ApiError;
 
+use crate::lease::Lease;
 use crate::metadata::MetaStore;
 use crate::runtime::Runtime;
 use crate::shard_client::ShardClient;
@@ -27,6 +29,8 @@ pub struct ControlPlane<R: Runtime> {
     pub runtime: R,
     pub client: ShardClient,
     pub settings: Settings,
+    /// Whether this manager is the active one.
+    pub lease: Arc<Lease>,
     /// Serialises admin operations (`/init`, `/add`, `/rm`).
     pub admin: tokio::sync::Mutex<()>,
     /// Serialises elections; separate from `admin` so that failover never waits for a long
@@ -41,6 +45,7 @@ impl<R: Runtime> ControlPlane<R> {
         runtime: R,
         client: ShardClient,
         settings: Settings,
+        lease: Arc<Lease>,
     ) -> ControlPlane<R> {
         ControlPlane {
             meta,
@@ -48,14 +53,16 @@ impl<R: Runtime> ControlPlane<R> {
             runtime,
             client,
             settings,
+            lease,
             admin: tokio::sync::Mutex::new(()),
             elections: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// The metadata, or the error every operation answers before `/init`.
+    /// The metadata as stored now (a manager that just took over may not have seen the last
+    /// writes of the previous one), or the error every operation answers before `/init`.
     pub async fn configured(&self) -> Result<ClusterMeta, ApiError> {
-        self.meta.get().await.ok_or_else(not_configured)
+        self.meta.fresh().await?.ok_or_else(not_configured)
     }
 
     pub async fn set_health(&self, names: &[ServerName], health: Health) -> Result<(), ApiError> {

@@ -10,7 +10,10 @@
 //! - [`routes`]: the admin HTTP API (`/init`, `/add`, `/rm`, `/healthz`).
 //! - [`ops`]: the admin operations themselves; [`ops::placement`] names new servers and
 //!   spreads primaries.
-//! - [`election`]: choosing a shard's new primary and fencing the old one with a new term.
+//! - [`election`]: choosing a shard's new primary and fencing the old one with a new term;
+//!   reconciling the metadata with a marker an interrupted election left.
+//! - [`lease`]: the manager lease; only its holder acts, other managers stand by.
+//! - [`failpoint`]: named crash points for tests (`SHARDLINE_FAILPOINTS`).
 //! - [`bring_up`]: spawn → `/config` → caught up → up, for new and respawned servers.
 //! - [`monitor`]: heartbeat rounds, failover and respawns with back-off;
 //!   [`monitor::tracker`] is its per-server state machine.
@@ -25,6 +28,8 @@
 pub mod bring_up;
 pub mod control_plane;
 pub mod election;
+pub mod failpoint;
+pub mod lease;
 pub mod messages;
 pub mod metadata;
 pub mod metrics;
@@ -46,6 +51,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::control_plane::{ControlPlane, Settings};
+use crate::lease::Lease;
 use crate::metadata::MetaStore;
 use crate::runtime::docker::{DockerRuntime, DockerSettings};
 use crate::runtime::process::ProcessRuntime;
@@ -133,6 +139,15 @@ pub struct Config {
     /// Heartbeat timeout in milliseconds.
     #[arg(long, env = "SHARDLINE_HEARTBEAT_TIMEOUT_MS", default_value_t = 250)]
     pub heartbeat_timeout_ms: u64,
+    /// A primary whose oldest write has waited this long to commit (or that lost NATS) is
+    /// replaced by a replica that can commit, in milliseconds; also how long a primary may
+    /// report a term other than the metadata's.
+    #[arg(long, env = "SHARDLINE_COMMIT_STALL_MS", default_value_t = 2000)]
+    pub commit_stall_ms: u64,
+    /// Time to live of the manager lease, in milliseconds: a standby manager takes over this
+    /// long after the active one stopped renewing it.
+    #[arg(long, env = "SHARDLINE_LEASE_TTL_MS", default_value_t = 2000)]
+    pub lease_ttl_ms: u64,
     /// Missed heartbeats in a row after which a server is dead.
     #[arg(long, env = "SHARDLINE_DEAD_AFTER", default_value_t = 3)]
     pub dead_after: u32,
@@ -251,13 +266,17 @@ async fn serve<R: Runtime>(
     listener: TcpListener,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
+    let lease = Arc::new(Lease::new(
+        lease::manager_id(),
+        Duration::from_millis(config.lease_ttl_ms.max(100)),
+    ));
     let started = async {
         let nats = shardline::nats::connect(&config.nats_url, "shardline manager", &nats_auth)
             .await
             .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
         let js = async_nats::jetstream::new(nats);
         loop {
-            match MetaStore::open(&js, config.stream_replicas).await {
+            match MetaStore::open(&js, config.stream_replicas, lease.clone()).await {
                 Ok(m) => break anyhow::Ok((js, m)),
                 Err(e) => {
                     tracing::warn!(error = %e, "metadata bucket not reachable yet; retrying");
@@ -275,13 +294,24 @@ async fn serve<R: Runtime>(
     };
     let control = Arc::new(ControlPlane::new(
         meta,
-        WalAdmin::new(js, config.stream_replicas),
+        WalAdmin::new(js, config.stream_replicas, lease.clone()),
         runtime,
         ShardClient::build()?,
         Settings {
             catch_up_timeout: Duration::from_millis(config.catch_up_timeout_ms),
         },
+        lease.clone(),
     ));
+    tracing::info!(manager = %lease.id(), ttl_ms = lease.ttl().as_millis() as u64, "standing by for the manager lease");
+    // One step before serving, so that a sole manager answers its first admin call active.
+    if let Err(e) = lease.round(&control.meta.bucket()).await {
+        tracing::warn!(error = %e, "manager lease round failed");
+    }
+    let stop_lease = CancellationToken::new();
+    let keeper = tokio::spawn({
+        let (lease, kv, stop) = (lease.clone(), control.meta.bucket(), stop_lease.clone());
+        async move { lease.keep(kv, stop).await }
+    });
     // The monitor keeps watching while admin calls drain, and stops before the servers do
     // (so that it does not respawn them).
     let stop_monitor = CancellationToken::new();
@@ -293,6 +323,7 @@ async fn serve<R: Runtime>(
             dead_after: config.dead_after,
             max_respawns: config.max_respawns,
             respawn_window: Duration::from_secs(300),
+            commit_stall: Duration::from_millis(config.commit_stall_ms),
         },
         stop_monitor.clone(),
     ));
@@ -306,7 +337,14 @@ async fn serve<R: Runtime>(
     if let Err(e) = monitor.await {
         tracing::error!(error = %e, "monitor task failed");
     }
-    if config.stop_servers_on_exit {
+    // The servers are stopped only by the manager that ran them; a standby leaves them to
+    // the active one.
+    let active = control.lease.check().is_ok();
+    stop_lease.cancel();
+    if let Err(e) = keeper.await {
+        tracing::error!(error = %e, "lease task failed");
+    }
+    if config.stop_servers_on_exit && active {
         control.runtime.shutdown().await;
     }
     tracing::info!("manager stopped");

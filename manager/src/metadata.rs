@@ -2,13 +2,19 @@
 //! compare-and-set on the revision so that two managers (or a stale one) cannot overwrite
 //! each other's changes.
 
+use std::sync::Arc;
+
 use async_nats::jetstream::{self, kv};
 use shardline::meta::{ClusterMeta, META_BUCKET, META_KEY};
 use shardline::ApiError;
 use tokio::sync::Mutex;
 
+use crate::lease::Lease;
+
 pub struct MetaStore {
     kv: kv::Store,
+    /// Checked right before every write: only the lease holder writes.
+    lease: Arc<Lease>,
     /// The last document read or written, with its revision (0 = absent).
     cached: Mutex<(Option<ClusterMeta>, u64)>,
     /// One read-modify-write at a time within this manager; CAS guards against others.
@@ -19,10 +25,12 @@ impl MetaStore {
     pub async fn open(
         js: &jetstream::Context,
         replicas: usize,
+        lease: Arc<Lease>,
     ) -> Result<MetaStore, async_nats::Error> {
         let kv = open_bucket(js, replicas).await?;
         let store = MetaStore {
             kv,
+            lease,
             cached: Mutex::new((None, 0)),
             writer: Mutex::new(()),
         };
@@ -47,6 +55,16 @@ impl MetaStore {
         self.cached.lock().await.0.clone()
     }
 
+    /// The document as the KV bucket holds it now (another manager may have written since
+    /// this one last read it).
+    pub async fn fresh(&self) -> Result<Option<ClusterMeta>, ApiError> {
+        let _one_writer = self.writer.lock().await;
+        self.reload()
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("metadata store unreachable: {e}")))?;
+        Ok(self.get().await)
+    }
+
     /// Applies `f` to the current document and stores the result with compare-and-set,
     /// re-reading and retrying when someone else wrote in between. `f` returning an error
     /// leaves the document unchanged.
@@ -58,6 +76,7 @@ impl MetaStore {
         for _ in 0..5 {
             let (current, revision) = self.cached.lock().await.clone();
             let (next, out) = f(current)?;
+            self.lease.check()?;
             let written = match &next {
                 Some(m) => {
                     let bytes = serde_json::to_vec(m)
@@ -102,6 +121,11 @@ impl MetaStore {
         Err(ApiError::Unavailable(
             "metadata kept changing under the manager; retry".into(),
         ))
+    }
+
+    /// The bucket, for the lease (a key of its own beside the document).
+    pub fn bucket(&self) -> kv::Store {
+        self.kv.clone()
     }
 
     async fn current_revision(&self) -> u64 {

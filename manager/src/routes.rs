@@ -13,11 +13,19 @@ use shardline::meta::{AddRequest, InitRequest, RmRequest};
 use shardline::ApiError;
 
 use crate::control_plane::ControlPlane;
+use crate::lease::Role;
 use crate::runtime::Runtime;
 
 #[derive(serde::Serialize)]
 struct Healthy {
     status: Status,
+    /// `active` (holds the manager lease) or `standby`.
+    role: Role,
+    /// This manager's id.
+    manager: String,
+    /// The lease holder last seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    active: Option<String>,
 }
 
 pub fn router<R: Runtime>(control: Arc<ControlPlane<R>>) -> Router {
@@ -25,22 +33,27 @@ pub fn router<R: Runtime>(control: Arc<ControlPlane<R>>) -> Router {
         .route("/init", post(init::<R>))
         .route("/add", post(add::<R>))
         .route("/rm", delete(rm::<R>))
-        .route(
-            "/healthz",
-            get(|| async {
-                Json(Healthy {
-                    status: Status::Success,
-                })
-            }),
-        )
+        .route("/healthz", get(healthz::<R>))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(control)
 }
+
+async fn healthz<R: Runtime>(State(c): State<Arc<ControlPlane<R>>>) -> Json<Healthy> {
+    Json(Healthy {
+        status: Status::Success,
+        role: c.lease.role(),
+        manager: c.lease.id().to_string(),
+        active: c.lease.holder(),
+    })
+}
+
+// A standby answers every admin call with 503 (checked again before each write).
 
 async fn init<R: Runtime>(
     State(c): State<Arc<ControlPlane<R>>>,
     ApiJson(req): ApiJson<InitRequest>,
 ) -> Result<Json<Done>, ApiError> {
+    c.lease.check()?;
     c.init(req).await.map(Json)
 }
 
@@ -48,6 +61,7 @@ async fn add<R: Runtime>(
     State(c): State<Arc<ControlPlane<R>>>,
     ApiJson(req): ApiJson<AddRequest>,
 ) -> Result<Json<AddResponse>, ApiError> {
+    c.lease.check()?;
     c.add(req).await.map(Json)
 }
 
@@ -55,5 +69,6 @@ async fn rm<R: Runtime>(
     State(c): State<Arc<ControlPlane<R>>>,
     ApiJson(req): ApiJson<RmRequest>,
 ) -> Result<Json<RmResponse>, ApiError> {
+    c.lease.check()?;
     c.rm(req).await.map(Json)
 }

@@ -1,25 +1,87 @@
 //! Administration of the shards' write-ahead-log streams in JetStream: creating a shard's
 //! stream, appending the term markers that start a primary's term (the manager writes only
-//! those), and dropping a removed server's consumer. The entries themselves are the shard
-//! servers' business.
+//! those), finding the latest marker of a stream, and dropping a removed server's consumer.
+//! The entries themselves are the shard servers' business.
+//!
+//! Markers of one stream have strictly increasing terms in stream order: an election appends
+//! its marker only if the stream still ends where it looked for the latest marker
+//! (`Nats-Expected-Last-Sequence`), so two managers (or a stale one) cannot both append a
+//! marker of the same term, nor one of a lower term after a higher one.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use shardline::meta::ShardMeta;
 use shardline::names::{ServerName, ShardId};
 use shardline::wal::{self, now_ms, WalEntry, WalOp};
-use shardline::ApiError;
+use shardline::{ApiError, Seq, Term};
+
+use crate::lease::Lease;
+
+/// How many entries back from the end of a stream [`WalAdmin::tail`] looks for the latest
+/// marker. A marker the metadata does not know yet (an election that crashed between the
+/// marker and the metadata) is followed only by the few entries its deposed primary had in
+/// flight: nobody writes in its term until the metadata names its primary. A marker further
+/// back than this is one the metadata already records (or a lower term).
+pub const MARKER_SCAN: u64 = 512;
+
+/// How many messages [`WalAdmin::tail`] fetches at once.
+const SCAN_CHUNK: u64 = 32;
+
+/// A term marker found in a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    pub seq: Seq,
+    pub term: Term,
+    pub primary: ServerName,
+}
+
+/// The end of a shard's stream: its last sequence, the term of its last entry and the latest
+/// marker among its last [`MARKER_SCAN`] entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tail {
+    pub last_seq: Seq,
+    pub last_term: Option<Term>,
+    pub marker: Option<Marker>,
+}
+
+/// Why a marker was not appended.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Something was appended after the sequence the election looked at: look again.
+    #[error("shard {0}: the stream moved on while the marker was being appended")]
+    Moved(ShardId),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+impl From<AppendError> for ApiError {
+    fn from(e: AppendError) -> ApiError {
+        match e {
+            AppendError::Moved(shard) => ApiError::Unavailable(format!(
+                "shard {shard}: the log kept moving during the election; retry"
+            )),
+            AppendError::Api(e) => e,
+        }
+    }
+}
 
 pub struct WalAdmin {
     js: jetstream::Context,
+    /// Checked right before every marker: only the lease holder appends one.
+    lease: Arc<Lease>,
     /// JetStream replicas of each WAL stream (3 on a 3-node NATS cluster).
     replicas: usize,
 }
 
 impl WalAdmin {
-    pub fn new(js: jetstream::Context, replicas: usize) -> WalAdmin {
-        WalAdmin { js, replicas }
+    pub fn new(js: jetstream::Context, replicas: usize, lease: Arc<Lease>) -> WalAdmin {
+        WalAdmin {
+            js,
+            lease,
+            replicas,
+        }
     }
 
     /// Creates the shard's WAL stream, deleting any left from an earlier cluster.
@@ -44,9 +106,83 @@ impl WalAdmin {
         Ok(())
     }
 
-    /// Appends the marker that starts `shard.term` with `shard.primary`. From its sequence
-    /// on, every replica skips entries of older terms.
+    /// The last sequence of `shard`'s stream, the term of its last entry, and the latest
+    /// marker among its last `scan` entries (`scan` 0: only the last entry is read).
+    pub async fn tail(&self, shard: &ShardId, scan: u64) -> Result<Tail, ApiError> {
+        let unreachable = |e: String| {
+            ApiError::Unavailable(format!("shard {shard}: cannot read its stream: {e}"))
+        };
+        let mut stream = (self.js.get_stream(wal::stream_name(shard)).await)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?
+            .state
+            .clone();
+        let mut tail = Tail {
+            last_seq: Seq(state.last_sequence),
+            last_term: None,
+            marker: None,
+        };
+        let first = state
+            .first_sequence
+            .max(state.last_sequence.saturating_sub(scan));
+        // From the end backwards, a chunk of messages fetched at once at a time: an
+        // election waits for this scan.
+        let mut high = state.last_sequence;
+        let low = first.max(1);
+        'scan: while high >= low {
+            let chunk_low = high.saturating_sub(SCAN_CHUNK - 1).max(low);
+            let fetched = futures::future::join_all((chunk_low..=high).rev().map(|seq| {
+                let stream = &stream;
+                async move { (seq, stream.get_raw_message(seq).await) }
+            }))
+            .await;
+            for (seq, msg) in fetched {
+                // A message may be gone (deleted, or the stream was purged under us): skip it.
+                let Some(entry) = msg.ok().and_then(|m| WalEntry::decode(&m.payload).ok()) else {
+                    continue;
+                };
+                tail.last_term.get_or_insert(entry.term);
+                if let WalOp::Term { primary } = entry.op {
+                    tail.marker = Some(Marker {
+                        seq: Seq(seq),
+                        term: entry.term,
+                        primary,
+                    });
+                    break 'scan;
+                }
+            }
+            high = chunk_low - 1;
+        }
+        Ok(tail)
+    }
+
+    /// Appends the marker that starts `shard.term` with `shard.primary`, if the stream still
+    /// ends at `after` (when given). From its sequence on, every replica skips entries of
+    /// older terms.
+    pub async fn append_marker_after(
+        &self,
+        shard: &ShardMeta,
+        after: Seq,
+    ) -> Result<Seq, AppendError> {
+        self.publish_marker(shard, Some(after)).await
+    }
+
+    /// Appends the marker that starts `shard.term` with `shard.primary` to a stream just
+    /// created (`/init`, `/add`). From its sequence on, every replica skips entries of older
+    /// terms.
     pub async fn append_marker(&self, shard: &ShardMeta) -> Result<(), ApiError> {
+        self.publish_marker(shard, None).await?;
+        Ok(())
+    }
+
+    async fn publish_marker(
+        &self,
+        shard: &ShardMeta,
+        after: Option<Seq>,
+    ) -> Result<Seq, AppendError> {
         let primary = shard
             .primary
             .clone()
@@ -64,13 +200,26 @@ impl WalAdmin {
                 shard.id
             ))
         };
-        self.js
-            .publish(wal::subject(&shard.id), entry.encode().into())
+        self.lease.check()?;
+        let mut publish =
+            jetstream::message::PublishMessage::build().payload(entry.encode().into());
+        if let Some(after) = after {
+            publish = publish.expected_last_sequence(after.get());
+        }
+        let moved = |e: &jetstream::context::PublishError| {
+            e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence
+        };
+        let ack = self
+            .js
+            .send_publish(wal::subject(&shard.id), publish)
             .await
             .map_err(|e| unconfirmed(e.to_string()))?
-            .await
-            .map_err(|e| unconfirmed(e.to_string()))?;
-        Ok(())
+            .await;
+        match ack {
+            Ok(ack) => Ok(Seq(ack.sequence)),
+            Err(e) if moved(&e) => Err(AppendError::Moved(shard.id.clone())),
+            Err(e) => Err(unconfirmed(e.to_string()).into()),
+        }
     }
 
     /// Deletes the durable consumer a removed server read `shard`'s stream with, if any.

@@ -1,14 +1,19 @@
 //! Failure detection and repair: heartbeats every server, marks it down after a few misses,
 //! elects new primaries for the shards it led, and respawns it through the runtime when its
 //! process is gone (a paused or hung process is fenced by the election, not killed).
-//! Respawns back off; a server that keeps dying is marked `failed` and left alone.
+//! Respawns back off; a server that keeps dying is marked `failed` and left alone. A primary
+//! that answers but cannot commit (stalled writes, no NATS, stuck at another term than the
+//! metadata's) is replaced too. Rounds run only on the manager holding the lease; on
+//! becoming active, and when a replica reports a term above the metadata's, the metadata is
+//! reconciled with the streams' latest markers.
 //!
 //! [`run`] does the I/O of each round; [`tracker::Tracker`] makes the per-server decisions
-//! (misses, down, back, respawn back-off, failed) from what the round heard and the time.
+//! (misses, down, back, respawn back-off, failed) and judges the primaries, from what the
+//! round heard and the time.
 
 pub mod tracker;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control_plane::{not_configured, ControlPlane};
 use crate::runtime::Runtime;
-use tracker::{Heard, Respawn, Sighting, Tracker};
+use tracker::{Heard, PrimarySighting, Respawn, Sighting, Tracker, Unfit};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -33,6 +38,9 @@ pub struct Settings {
     /// Respawns allowed within `respawn_window` before the server is marked failed.
     pub max_respawns: usize,
     pub respawn_window: Duration,
+    /// A primary stalled (or without NATS, or at another term than the metadata's) this
+    /// long is replaced.
+    pub commit_stall: Duration,
 }
 
 /// Respawns in flight, each answering with the name of its server.
@@ -66,6 +74,10 @@ pub async fn run<R: Runtime>(
 ) {
     let mut tracker = Tracker::new(&settings);
     let mut respawns = Respawns::default();
+    // Whether the last round ran as the active manager: on becoming active, forget what was
+    // tracked before and reconcile every shard with its stream (until that succeeded).
+    let mut active = false;
+    let mut reconcile_all = true;
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -73,7 +85,17 @@ pub async fn run<R: Runtime>(
             () = stop.cancelled() => break,
             Some(name) = respawns.finished() => tracker.respawned(&name),
             _ = tick.tick() => {
-                let round = round(&control, &settings, &mut tracker, &mut respawns, &stop);
+                // Only the lease holder acts; a standby just waits for the lease.
+                if control.lease.check().is_err() {
+                    active = false;
+                    continue;
+                }
+                if !active {
+                    tracker = Tracker::new(&settings);
+                    reconcile_all = true;
+                    active = true;
+                }
+                let round = round(&control, &settings, &mut tracker, &mut respawns, &stop, &mut reconcile_all);
                 tokio::select! {
                     () = stop.cancelled() => break,
                     result = round => {
@@ -94,8 +116,10 @@ async fn round<R: Runtime>(
     tracker: &mut Tracker,
     respawns: &mut Respawns,
     stop: &CancellationToken,
+    reconcile_all: &mut bool,
 ) -> Result<(), ApiError> {
-    let Some(meta) = control.meta.get().await else {
+    // Re-read: another manager may have written since this one last looked.
+    let Some(meta) = control.meta.fresh().await? else {
         return Ok(());
     };
     let beats = futures::future::join_all(meta.servers.iter().map(|(name, sv)| async move {
@@ -115,18 +139,67 @@ async fn round<R: Runtime>(
             .iter()
             .filter_map(|(n, _, b, _)| Some((n.as_str(), b.as_ref()?))),
     );
-    let seen = beats
-        .into_iter()
-        .map(|(name, health, beat, gone)| Sighting {
-            name,
-            health,
-            heard: heard(beat.as_ref(), gone),
-        });
+    let seen = beats.iter().map(|(name, health, beat, gone)| Sighting {
+        name: name.clone(),
+        health: *health,
+        heard: heard(beat.as_ref(), *gone),
+    });
     let verdict = tracker.round(Instant::now(), seen);
     for (name, health) in &verdict.changes {
         control
             .set_health(std::slice::from_ref(name), *health)
             .await?;
+    }
+    let beats: BTreeMap<ServerName, Heartbeat> = (beats.into_iter())
+        .filter_map(|(name, _, beat, _)| Some((name, beat?)))
+        .collect();
+
+    // A marker the metadata lacks (an election interrupted between the two): on becoming
+    // active look at every stream; afterwards whenever a replica reports a term above the
+    // metadata's (it applied such a marker).
+    let mut reconciled = true;
+    for s in &meta.shards {
+        let ahead = meta
+            .replicas(s.id.as_str())
+            .filter_map(|r| beats.get(r)?.shards.get(&s.id))
+            .any(|p| p.term > s.term);
+        if *reconcile_all || ahead {
+            if let Err(e) = control.reconcile(&s.id, &beats).await {
+                tracing::warn!(shard = %s.id, error = %e, "reconciling with the stream failed");
+                reconciled = false;
+            }
+        }
+    }
+    *reconcile_all &= !reconciled;
+
+    let Some(meta) = control.meta.get().await else {
+        return Ok(());
+    };
+    // Primaries that answer but cannot commit (stalled, cut off from NATS, stuck at another
+    // term) are replaced by a replica that can.
+    let unfit = tracker.primaries(
+        Instant::now(),
+        meta.shards.iter().filter_map(|s| {
+            let primary = s.primary.clone()?;
+            Some(PrimarySighting {
+                shard: s.id.clone(),
+                beat: beats.get(&primary),
+                primary,
+                term: s.term,
+            })
+        }),
+    );
+    for (shard, primary, why) in &unfit {
+        tracing::warn!(shard = %shard, primary = %primary, reason = ?why, "primary cannot commit; replacing it");
+        // Another server if one can take over; for a primary at the wrong term, itself again
+        // (with a new marker) if it is the only one.
+        let mut elected = control.elect(shard, std::slice::from_ref(primary)).await;
+        if matches!(why, Unfit::WrongTerm { .. }) && !matches!(elected, Ok(Some(_))) {
+            elected = control.elect(shard, &[]).await;
+        }
+        if let Err(e) = elected {
+            tracing::warn!(shard = %shard, error = %e, "replacing the primary failed");
+        }
     }
 
     // Elect wherever the primary is missing or not up.

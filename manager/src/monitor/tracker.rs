@@ -8,8 +8,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use shardline::internal::Heartbeat;
 use shardline::meta::Health;
-use shardline::names::ServerName;
+use shardline::names::{ServerName, ShardId};
+use shardline::Term;
 use tokio::time::Instant;
 
 use super::Settings;
@@ -64,13 +66,45 @@ struct Watch {
     down_since: Option<Instant>,
 }
 
+/// One shard's primary as a round saw it.
+#[derive(Debug, Clone)]
+pub struct PrimarySighting<'a> {
+    pub shard: ShardId,
+    pub primary: ServerName,
+    /// The shard's term in the metadata.
+    pub term: Term,
+    /// The primary's heartbeat this round (`None`: silent; the misses count handles that).
+    pub beat: Option<&'a Heartbeat>,
+}
+
+/// Why a primary that still answers its heartbeat is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unfit {
+    /// Its oldest write has waited longer than the commit-stall limit.
+    Stalled { ms: u64 },
+    /// It has reported no NATS connection for longer than the limit.
+    NatsLost,
+    /// It has applied a term other than the metadata's for longer than the limit.
+    WrongTerm { applied: Term, metadata: Term },
+}
+
+/// A primary's problem and since when it has been seen (continuously).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Problem {
+    NatsLost,
+    WrongTerm(Term, Term),
+}
+
 /// What the monitor remembers of each server between rounds.
 #[derive(Debug)]
 pub struct Tracker {
     dead_after: u32,
     max_respawns: usize,
     respawn_window: Duration,
+    commit_stall: Duration,
     watches: HashMap<ServerName, Watch>,
+    /// Per shard: its primary, the problem seen and since when.
+    problems: HashMap<ShardId, (ServerName, Problem, Instant)>,
 }
 
 impl Tracker {
@@ -79,8 +113,61 @@ impl Tracker {
             dead_after: settings.dead_after,
             max_respawns: settings.max_respawns,
             respawn_window: settings.respawn_window,
+            commit_stall: settings.commit_stall,
             watches: HashMap::new(),
+            problems: HashMap::new(),
         }
+    }
+
+    /// Judges each shard's primary from its heartbeat: one whose writes have been stalled
+    /// past the commit-stall limit is unfit at once (the stall is measured by the server);
+    /// one without NATS, or that applied another term than the metadata's, is unfit once that
+    /// has lasted the limit (a NATS reconnect or a marker being applied take a moment).
+    pub fn primaries<'a>(
+        &mut self,
+        now: Instant,
+        seen: impl IntoIterator<Item = PrimarySighting<'a>>,
+    ) -> Vec<(ShardId, ServerName, Unfit)> {
+        let mut unfit = Vec::new();
+        let mut still = HashMap::new();
+        for p in seen {
+            let Some(beat) = p.beat else { continue };
+            let progress = beat.shards.get(&p.shard);
+            let stalled = progress.and_then(|g| g.stalled_ms);
+            if let Some(ms) = stalled.filter(|ms| *ms > self.commit_stall.as_millis() as u64) {
+                unfit.push((p.shard, p.primary, Unfit::Stalled { ms }));
+                continue;
+            }
+            let problem = if !beat.nats_connected {
+                Problem::NatsLost
+            } else if let Some(applied) = progress
+                // A primary still catching up (a respawned sole replica) reaches its term
+                // when it has replayed the log; there is nobody better to elect meanwhile.
+                .filter(|g| !g.recovering)
+                .map(|g| g.term)
+                .filter(|t| *t != p.term)
+            {
+                Problem::WrongTerm(applied, p.term)
+            } else {
+                continue;
+            };
+            let since = match self.problems.get(&p.shard) {
+                Some((who, was, since)) if *who == p.primary && *was == problem => *since,
+                _ => now,
+            };
+            if now.saturating_duration_since(since) >= self.commit_stall {
+                let why = match problem {
+                    Problem::NatsLost => Unfit::NatsLost,
+                    Problem::WrongTerm(applied, metadata) => Unfit::WrongTerm { applied, metadata },
+                };
+                unfit.push((p.shard, p.primary, why));
+            } else {
+                still.insert(p.shard, (p.primary, problem, since));
+            }
+        }
+        // A problem not seen this round (or acted on) starts from zero next time.
+        self.problems = still;
+        unfit
     }
 
     /// Takes one round of heartbeats over every server in the metadata (servers not in it
@@ -183,8 +270,11 @@ mod tests {
             dead_after: 3,
             max_respawns: 3,
             respawn_window: Duration::from_secs(300),
+            commit_stall: STALL,
         }
     }
+
+    const STALL: Duration = Duration::from_millis(2000);
 
     fn name(s: &str) -> ServerName {
         ServerName::parse(s).unwrap()
@@ -353,5 +443,102 @@ mod tests {
         // Back under the same name: a new server, with no misses counted.
         let v = round(&mut t, vec![saw(&s1, Health::Up, SILENT)]).await;
         assert_eq!(v, Verdict::default());
+    }
+
+    fn beat(nats_connected: bool, term: u64, stalled_ms: Option<u64>) -> Heartbeat {
+        Heartbeat {
+            server: name("S1"),
+            shards: [(
+                ShardId::parse("sh1").unwrap(),
+                shardline::internal::ReplicaProgress {
+                    applied: shardline::Seq(5),
+                    term: Term(term),
+                    recovering: false,
+                    stale_ms: None,
+                    stalled_ms,
+                },
+            )]
+            .into(),
+            nats_connected,
+        }
+    }
+
+    /// One round a heartbeat interval after the previous one, judging sh1's primary S1 at
+    /// metadata term 2.
+    async fn judge(t: &mut Tracker, b: &Heartbeat) -> Vec<Unfit> {
+        advance(INTERVAL).await;
+        let seen = PrimarySighting {
+            shard: ShardId::parse("sh1").unwrap(),
+            primary: name("S1"),
+            term: Term(2),
+            beat: Some(b),
+        };
+        (t.primaries(Instant::now(), [seen]).into_iter())
+            .map(|(_, _, why)| why)
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_healthy_primary_or_a_short_stall_is_kept() {
+        let mut t = Tracker::new(&settings());
+        for b in [beat(true, 2, None), beat(true, 2, Some(2000))] {
+            for _ in 0..20 {
+                assert_eq!(judge(&mut t, &b).await, []);
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_primary_stalled_past_the_limit_is_replaced_at_once() {
+        let mut t = Tracker::new(&settings());
+        let b = beat(true, 2, Some(2001));
+        assert_eq!(judge(&mut t, &b).await, [Unfit::Stalled { ms: 2001 }]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_primary_without_nats_is_replaced_once_that_lasted_the_limit() {
+        let mut t = Tracker::new(&settings());
+        let cut = beat(false, 2, None);
+        // 300 ms rounds: the first sighting starts the clock; replaced 2 s after it.
+        let first = judge(&mut t, &cut).await;
+        assert_eq!(first, []);
+        for _ in 0..5 {
+            assert_eq!(judge(&mut t, &cut).await, []);
+        }
+        advance(STALL - INTERVAL * 6).await;
+        assert_eq!(judge(&mut t, &cut).await, [Unfit::NatsLost]);
+        // A reconnect in between starts the count again.
+        let mut t = Tracker::new(&settings());
+        for _ in 0..5 {
+            assert_eq!(judge(&mut t, &cut).await, []);
+        }
+        assert_eq!(judge(&mut t, &beat(true, 2, None)).await, []);
+        for _ in 0..6 {
+            assert_eq!(judge(&mut t, &cut).await, []);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_primary_at_another_term_than_the_metadata_is_replaced_after_the_limit() {
+        let mut t = Tracker::new(&settings());
+        // Applied a newer marker the metadata lacks (or has not applied its own yet).
+        for applied in [3, 1] {
+            let b = beat(true, applied, None);
+            let mut rounds = 0;
+            let unfit = loop {
+                rounds += 1;
+                let u = judge(&mut t, &b).await;
+                if !u.is_empty() || rounds > 20 {
+                    break u;
+                }
+            };
+            let want = Unfit::WrongTerm {
+                applied: Term(applied),
+                metadata: Term(2),
+            };
+            assert_eq!(unfit, [want]);
+            // The first sighting starts the clock: 2 s later, at the 8th round of 300 ms.
+            assert_eq!(rounds, 8, "applied term {applied}");
+        }
     }
 }

@@ -20,7 +20,7 @@ use placement::{assign_primaries, primaries_per_server, resolve_names};
 impl<R: Runtime> ControlPlane<R> {
     pub async fn init(&self, req: InitRequest) -> Result<Done, ApiError> {
         let _admin = self.admin.lock().await;
-        if self.meta.get().await.is_some() {
+        if self.meta.fresh().await?.is_some() {
             return Err(ApiError::Conflict(
                 "the cluster is already configured; remove it first (DELETE /rm)".into(),
             ));
@@ -43,7 +43,13 @@ impl<R: Runtime> ControlPlane<R> {
         add_recovering(&mut meta, &servers, &addrs);
         let snapshot = meta.clone();
         self.meta
-            .update(move |_| Ok((Some(snapshot.clone()), ())))
+            .update(move |current| match current {
+                // Another manager configured the cluster meanwhile: keep its document.
+                Some(_) => Err(ApiError::Conflict(
+                    "the cluster was configured meanwhile by another manager".into(),
+                )),
+                None => Ok((Some(snapshot.clone()), ())),
+            })
             .await?;
         self.bring_up(servers.keys().cloned().collect()).await?;
         tracing::info!(
