@@ -45,7 +45,9 @@ impl Replica {
         let started = Instant::now();
         let mut stream = self.js.get_stream(wal::stream_name(&self.shard)).await?;
         let mut applied = self.store.position().seq;
+        let asked = self.fresh.now();
         let target = Seq(stream.info().await?.state.last_sequence);
+        self.fresh.learned(target, asked, applied);
         // The consumer is re-created at every (re)start so that it begins exactly after the
         // sequence stored with the data, whatever position it had before.
         let _ = stream.delete_consumer(self.server.as_str()).await;

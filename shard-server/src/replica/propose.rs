@@ -124,10 +124,7 @@ impl<T> Splitter<T> {
 }
 
 /// Takes requests off the queue, a group at a time, until the queue closes.
-pub(super) async fn propose_forever(
-    replica: Arc<Replica>,
-    mut queue: mpsc::UnboundedReceiver<Proposal>,
-) {
+pub(super) async fn propose_forever(replica: Arc<Replica>, mut queue: mpsc::Receiver<Proposal>) {
     let mut carry: Option<Proposal> = None;
     loop {
         let first = match carry.take() {
@@ -149,9 +146,11 @@ impl Replica {
     /// of the shard's replicas. Concurrent requests are folded into one entry.
     pub async fn propose(&self, op: WalOp, term: Term) -> Result<Outcome, ApiError> {
         let started = StdInstant::now();
+        // Counted as waiting from now until answered (or until the caller goes away).
+        let _waiting = self.inflight.start();
         let (reply, rx) = oneshot::channel();
-        let result = match self.proposals.send(Proposal { op, term, reply }) {
-            Err(_) => Err(self.error(ApiError::Unavailable, "the replica is stopping")),
+        let result = match enqueue(&self.proposals, Proposal { op, term, reply }) {
+            Err(full) => Err(self.error(ApiError::Unavailable, full)),
             // The proposer's completion task enforces the commit timeout; this one only
             // guards against a lost reply.
             Ok(()) => match tokio::time::timeout(self.commit_timeout * 2, rx).await {
@@ -180,7 +179,10 @@ impl Replica {
         let Some(term) = group.first().map(|p| p.term) else {
             return;
         };
-        let group = self.refuse_doomed(group).await;
+        let group = self.refuse_doomed(drop_abandoned(group)).await;
+        if group.is_empty() {
+            return;
+        }
         let (ops, replies): (Vec<WalOp>, Vec<Reply>) =
             group.into_iter().map(|p| (p.op, p.reply)).unzip();
         let max = self.nats.server_info().max_payload;
@@ -370,6 +372,26 @@ impl Replica {
         self.quorum.wait_for_majority(seq, deadline).await?;
         Ok(outcome)
     }
+}
+
+/// Queues a proposal without waiting: a full queue refuses it at once (nothing is appended,
+/// so the caller may say "not applied"), as does a stopped proposer.
+fn enqueue(queue: &mpsc::Sender<Proposal>, p: Proposal) -> Result<(), String> {
+    queue.try_send(p).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(_) => format!(
+            "overloaded ({} writes queued); retry later",
+            queue.max_capacity()
+        ),
+        mpsc::error::TrySendError::Closed(_) => "the replica is stopping".to_owned(),
+    })
+}
+
+/// Drops the requests whose caller is gone (the HTTP request was dropped, or gave up after
+/// its timeout and answered): nobody waits for them, and appending one now would apply a
+/// write its client may have been told failed.
+fn drop_abandoned(mut group: Vec<Proposal>) -> Vec<Proposal> {
+    group.retain(|p| !p.reply.is_closed());
+    group
 }
 
 /// Keys an op names (inserted rows' keys, or the updated/deleted key).

@@ -198,3 +198,51 @@ proptest! {
         prop_assert_eq!(next, n);
     }
 }
+
+fn proposal(key: i64) -> (Proposal, oneshot::Receiver<Result<Outcome, ApiError>>) {
+    let (reply, rx) = oneshot::channel();
+    let p = Proposal {
+        op: WalOp::Delete { key },
+        term: Term(1),
+        reply,
+    };
+    (p, rx)
+}
+
+/// A full queue refuses at once, saying "overloaded" and how many are queued; once the
+/// proposer takes one, there is room again.
+#[test]
+fn a_full_queue_refuses_new_writes() {
+    let (tx, mut rx) = mpsc::channel(2);
+    let mut waiting = Vec::new();
+    for k in 0..2 {
+        let (p, r) = proposal(k);
+        enqueue(&tx, p).unwrap();
+        waiting.push(r);
+    }
+    let (p, mut refused) = proposal(2);
+    let e = enqueue(&tx, p).unwrap_err();
+    assert_eq!(e, "overloaded (2 writes queued); retry later");
+    // The refused proposal was dropped, not queued: its reply channel is closed.
+    assert!(refused.try_recv().is_err());
+    assert!(rx.try_recv().is_ok());
+    let (p, _r) = proposal(3);
+    enqueue(&tx, p).unwrap();
+    drop(rx);
+    let (p, _r) = proposal(4);
+    assert_eq!(enqueue(&tx, p).unwrap_err(), "the replica is stopping");
+}
+
+/// Requests whose caller is gone are dropped before appending; the others keep their order.
+#[test]
+fn abandoned_requests_are_not_appended() {
+    let (a, _ra) = proposal(1);
+    let (b, rb) = proposal(2);
+    let (c, _rc) = proposal(3);
+    drop(rb);
+    let kept: Vec<i64> = drop_abandoned(vec![a, b, c])
+        .into_iter()
+        .map(|p| op_keys(&p.op)[0])
+        .collect();
+    assert_eq!(kept, vec![1, 3]);
+}
