@@ -237,3 +237,96 @@ async fn deposed_primary_refuses_primary_and_linearizable_reads() {
     );
     writer.stop().await;
 }
+
+/// A replica replaying a long backlog (here ~12 MB of log: 4,000 rows of 3 KB inserted and
+/// 2,000 of them updated while it was paused) still answers `/heartbeat` within the
+/// manager's timeout (250 ms): big batches are applied off the runtime's thread.
+#[tokio::test(flavor = "multi_thread")]
+async fn catching_up_replica_keeps_answering_heartbeats() {
+    const ROWS: i64 = 4000;
+    const PER_WRITE: i64 = 50;
+    const UPDATES: i64 = 2000;
+    const CONCURRENCY: i64 = 16;
+    let c = start_a1().await;
+    let st = status(&c).await;
+    let primary = primary_of(&st, "sh1").expect("sh1 has a primary");
+    let victim = replicas_of(&st, "sh1")
+        .into_iter()
+        .find(|r| *r != primary)
+        .expect("sh1 has a secondary");
+    let addr = server_addr(&c, &victim);
+    let name = "x".repeat(3000);
+    let row =
+        move |k: i64, marks: i64| json!({"Stud_id": k, "Stud_name": name, "Stud_marks": marks});
+    let ok = wait_until(Duration::from_secs(20), || async {
+        read_sh1(&c, &addr, "any").await.0 == 200
+    })
+    .await;
+    assert!(ok, "{victim} never served a read");
+    c.stop_server(&victim);
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..CONCURRENCY {
+        let base = c.gateway_url();
+        let http = c.client().clone();
+        let row = row.clone();
+        tasks.push(tokio::spawn(async move {
+            for chunk in (w..ROWS / PER_WRITE).step_by(CONCURRENCY as usize) {
+                let data: Vec<Value> = (chunk * PER_WRITE..(chunk + 1) * PER_WRITE)
+                    .map(|k| row(k, 0))
+                    .collect();
+                let url = format!("{base}/write");
+                let body = json!({ "data": data });
+                // Failures are not this test's subject (a busy machine may see one).
+                let _ = testkit::http::send(&http, Method::POST, &url, Some(&body)).await;
+            }
+            for i in (w..UPDATES).step_by(CONCURRENCY as usize) {
+                let url = format!("{base}/update");
+                let body = json!({"Stud_id": i, "data": row(i, i)});
+                let _ = testkit::http::send(&http, Method::PUT, &url, Some(&body)).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("writer task");
+    }
+    println!("writes while {victim} was paused took {:?}", t.elapsed());
+    let heartbeat = |http: reqwest::Client, addr: String| async move {
+        let url = format!("http://{addr}/heartbeat");
+        let (code, v) = testkit::http::send(&http, Method::GET, &url, None).await;
+        assert_eq!(code, 200, "{v}");
+        v["shards"]["sh1"]["applied"].as_u64().unwrap_or(0)
+    };
+    let target = heartbeat(c.client().clone(), server_addr(&c, &primary)).await;
+    assert!(
+        target > 100,
+        "too little was written while {victim} was paused ({target})"
+    );
+    c.cont_server(&victim);
+    let resumed = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut polls = 0;
+    loop {
+        let asked = Instant::now();
+        let applied = heartbeat(c.client().clone(), addr.clone()).await;
+        let took = asked.elapsed();
+        slowest = slowest.max(took);
+        polls += 1;
+        if applied >= target {
+            break;
+        }
+        assert!(
+            resumed.elapsed() < Duration::from_secs(120),
+            "{victim} did not catch up to {target} within 120 s (at {applied})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "{victim} replayed up to {target} in {:?}; slowest of {polls} heartbeats: {slowest:?}",
+        resumed.elapsed()
+    );
+    assert!(
+        slowest < Duration::from_millis(250),
+        "a heartbeat took {slowest:?} while {victim} caught up"
+    );
+}

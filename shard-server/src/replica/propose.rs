@@ -22,6 +22,18 @@ pub const MAX_OPS_PER_ENTRY: usize = 128;
 /// Most rows a group-committed entry may carry (a single larger request goes alone).
 pub const MAX_ROWS_PER_ENTRY: usize = 2048;
 
+/// Bytes the `Nats-Msg-Id` header adds to an appended message: `NATS/1.0\r\n`, the
+/// header line with its 36-character UUID, and the blank line ending the headers. The server
+/// counts headers and payload together against `max_payload`.
+pub const HEADER_BYTES: usize =
+    "NATS/1.0\r\n".len() + "Nats-Msg-Id: ".len() + 36 + "\r\n".len() + "\r\n".len();
+
+/// Whether an entry of `payload` bytes, with its header, fits a message of at most `max`
+/// bytes (0: no limit known).
+pub fn fits(payload: usize, max: usize) -> bool {
+    max == 0 || payload + HEADER_BYTES <= max
+}
+
 type Reply = oneshot::Sender<Result<Outcome, ApiError>>;
 
 /// A client request waiting to be appended by the proposer.
@@ -198,14 +210,14 @@ impl Replica {
                 ts_ms: now_ms(),
             };
             let payload = entry.encode();
-            if max > 0 && payload.len() > max {
+            if !fits(payload.len(), max) {
                 let ops = match entry.op {
                     WalOp::Batch { ops } => ops,
                     one => vec![one],
                 };
                 Encoded::TooLarge {
                     ops,
-                    size: payload.len(),
+                    size: payload.len() + HEADER_BYTES,
                 }
             } else {
                 Encoded::Fits(payload)

@@ -246,3 +246,17 @@ fn abandoned_requests_are_not_appended() {
         .collect();
     assert_eq!(kept, vec![1, 3]);
 }
+
+/// The header counts against the limit: an entry of `max - 10` payload bytes does not fit,
+/// one that leaves room for the header does.
+#[test]
+fn the_message_id_header_counts_against_the_limit() {
+    let id = uuid::Uuid::new_v4().to_string();
+    let header = format!("NATS/1.0\r\nNats-Msg-Id: {id}\r\n\r\n");
+    assert_eq!(HEADER_BYTES, header.len());
+    let max = 1024 * 1024;
+    assert!(!fits(max - 10, max));
+    assert!(!fits(max - HEADER_BYTES + 1, max));
+    assert!(fits(max - HEADER_BYTES, max));
+    assert!(fits(usize::MAX / 2, 0));
+}
