@@ -329,4 +329,15 @@ async fn catching_up_replica_keeps_answering_heartbeats() {
         slowest < Duration::from_millis(250),
         "a heartbeat took {slowest:?} while {victim} caught up"
     );
+    // Caught up and connected: it says so within a few polls of the stream.
+    let url = format!("http://{addr}/heartbeat");
+    let ok = wait_until(Duration::from_secs(10), || async {
+        let (_, v) = testkit::http::send(c.client(), Method::GET, &url, None).await;
+        v["nats_connected"] == true
+            && v["shards"]["sh1"]["stale_ms"]
+                .as_u64()
+                .is_some_and(|ms| ms < 1000)
+    })
+    .await;
+    assert!(ok, "{victim} never reported itself connected and fresh");
 }

@@ -110,6 +110,7 @@ impl Replica {
         replica.spawn(announce::announce_periodically(replica.clone()));
         replica.spawn(apply::apply_forever(replica.clone()));
         replica.spawn(fresh::poll_forever(replica.clone()));
+        replica.spawn(fresh::tick_forever(replica.clone()));
         replica
     }
 
@@ -135,6 +136,11 @@ impl Replica {
     /// held (`None`: never). One atomic load and a clock read.
     pub fn stale_ms(&self) -> Option<u64> {
         self.fresh.stale_ms()
+    }
+
+    /// Milliseconds since JetStream last answered this replica (see `fresh`).
+    pub fn nats_silence_ms(&self) -> u64 {
+        self.fresh.nats_silence_ms()
     }
 
     /// Publishes a committed position (the applier is the only writer).
