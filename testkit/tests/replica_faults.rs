@@ -341,3 +341,51 @@ async fn catching_up_replica_keeps_answering_heartbeats() {
     .await;
     assert!(ok, "{victim} never reported itself connected and fresh");
 }
+
+/// A primary that cannot commit (both its secondaries paused) says for how long in its
+/// heartbeat (`stalled_ms`), and stops saying so once the write is answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn primary_reports_how_long_writes_have_waited() {
+    let c = start_a1().await;
+    let st = status(&c).await;
+    let primary = primary_of(&st, "sh1").expect("sh1 has a primary");
+    let addr = server_addr(&c, &primary);
+    let secondaries: Vec<String> = replicas_of(&st, "sh1")
+        .into_iter()
+        .filter(|r| *r != primary)
+        .collect();
+    let stalled = |http: reqwest::Client, addr: String| async move {
+        let url = format!("http://{addr}/heartbeat");
+        let (_, v) = testkit::http::send(&http, Method::GET, &url, None).await;
+        v["shards"]["sh1"]["stalled_ms"].as_u64()
+    };
+    assert_eq!(stalled(c.client().clone(), addr.clone()).await, None);
+    for s in &secondaries {
+        c.stop_server(s);
+    }
+    // Straight to the primary, so the gateway's failover plays no part.
+    let write = {
+        let (http, url) = (c.client().clone(), format!("http://{addr}/write"));
+        tokio::spawn(async move {
+            let row = json!({"shard": "sh1", "data": [{"Stud_id": 7, "Stud_name": "s", "Stud_marks": 1}]});
+            testkit::http::send(&http, Method::POST, &url, Some(&row)).await
+        })
+    };
+    let seen = wait_until(Duration::from_secs(4), || async {
+        stalled(c.client().clone(), addr.clone())
+            .await
+            .is_some_and(|ms| ms >= 500)
+    })
+    .await;
+    for s in &secondaries {
+        c.cont_server(s);
+    }
+    assert!(seen, "{primary} never reported a write waiting 500 ms");
+    let (code, body) = write.await.expect("write task");
+    println!("the stalled write was answered {code}: {body}");
+    let cleared = wait_until(Duration::from_secs(10), || async {
+        stalled(c.client().clone(), addr.clone()).await.is_none()
+    })
+    .await;
+    assert!(cleared, "{primary} still reports a stalled write");
+}
