@@ -85,6 +85,13 @@ pub struct Config {
     /// for a server alone on a big machine (0 = one per core).
     #[arg(long, env = "SHARDLINE_WORKER_THREADS", default_value_t = 1)]
     pub worker_threads: usize,
+    /// Most writes queued per shard on a primary; more are refused with 503 "overloaded".
+    #[arg(long, env = "SHARDLINE_MAX_QUEUED_WRITES", default_value_t = 4096)]
+    pub max_queued_writes: usize,
+    /// A replica that has not confirmed being caught up with its stream for longer than
+    /// this refuses `any` reads (the gateway then tries the next replica).
+    #[arg(long, env = "SHARDLINE_MAX_STALENESS_MS", default_value_t = 1000)]
+    pub max_staleness_ms: u64,
 }
 
 impl Config {
@@ -123,6 +130,8 @@ pub async fn run(
         config.sqlite_sync,
         config.commit_timeout(),
         config.max_string_bytes,
+        config.max_queued_writes,
+        Duration::from_millis(config.max_staleness_ms),
     ));
     tokio::spawn(configure_from_metadata(server.clone()));
 

@@ -26,6 +26,10 @@ pub struct Server {
     pub sync: SyncMode,
     pub commit_timeout: Duration,
     pub max_string_bytes: usize,
+    /// Most writes queued per shard before new ones are refused as overloaded.
+    pub max_queued_writes: usize,
+    /// A replica staler than this refuses `any` reads.
+    pub max_staleness: Duration,
     schema: RwLock<Option<Arc<Schema>>>,
     replicas: RwLock<HashMap<ShardId, Arc<Replica>>>,
     /// Serialises `/config` so two concurrent calls cannot open one database twice.
@@ -49,6 +53,8 @@ impl Server {
         sync: SyncMode,
         commit_timeout: Duration,
         max_string_bytes: usize,
+        max_queued_writes: usize,
+        max_staleness: Duration,
     ) -> Server {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
@@ -66,6 +72,8 @@ impl Server {
             sync,
             commit_timeout,
             max_string_bytes,
+            max_queued_writes,
+            max_staleness,
             schema: RwLock::new(None),
             replicas: RwLock::new(HashMap::new()),
             configuring: tokio::sync::Mutex::new(()),
@@ -131,6 +139,7 @@ impl Server {
                     nats: self.nats.clone(),
                     meta: self.meta.clone(),
                     commit_timeout: self.commit_timeout,
+                    max_queued_writes: self.max_queued_writes,
                 },
             );
             self.replicas

@@ -55,7 +55,11 @@ async fn answers_before_configuration_and_stops_on_its_shutdown_future() {
 
     let (code, body) = call(reqwest::Method::GET, format!("{base}/heartbeat"), None).await;
     assert_eq!(code, 200, "{body}");
-    assert_eq!(body, json!({"server": "Server0", "shards": {}}));
+    // No NATS at port 1: the heartbeat says so (the manager never elects such a server).
+    assert_eq!(
+        body,
+        json!({"server": "Server0", "shards": {}, "nats_connected": false})
+    );
 
     // Typed bodies: unknown fields and wrong types are 400s naming the field.
     let (code, body) = call(

@@ -16,16 +16,27 @@ use shardline::ApiError;
 use crate::server::Server;
 use crate::store;
 
+/// NATS silent for longer than this (no answer to a replica's stream question, which each
+/// replica asks every 200 ms with a 2 s timeout) counts as disconnected.
+const NATS_SILENCE_MS: u64 = 3000;
+
 pub async fn heartbeat(State(s): State<Arc<Server>>) -> Json<Heartbeat> {
-    let shards = s
-        .replicas()
+    let replicas = s.replicas();
+    let shards = replicas
         .iter()
         .map(|r| (r.shard.clone(), r.progress()))
         .collect();
+    // The client's state turns `Disconnected` only once its pings time out (minutes) when a
+    // partition drops packets silently; the replicas' questions to JetStream notice in
+    // about a second.
+    let nats_connected = s.nats.connection_state() == async_nats::connection::State::Connected
+        && replicas
+            .iter()
+            .all(|r| r.nats_silence_ms() <= NATS_SILENCE_MS);
     Json(Heartbeat {
         server: s.name.clone(),
         shards,
-        nats_connected: s.nats.connection_state() == async_nats::connection::State::Connected,
+        nats_connected,
     })
 }
 

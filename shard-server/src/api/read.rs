@@ -1,21 +1,43 @@
-//! `POST|GET /read`: rows of one shard in an inclusive key range.
+//! `POST|GET /read`: rows of one shard in an inclusive key range, at the level the query
+//! parameter `consistency` asks for (`any` when absent):
+//!
+//! - `any`: this replica, if it is not recovering and confirmed being caught up with its
+//!   stream within the maximum staleness (one atomic load and a clock read);
+//! - `primary`: only the primary of the current term that applied the term's marker (the
+//!   checks writes make), and also within the maximum staleness, so a primary that was
+//!   paused refuses until it has heard from the stream again;
+//! - `linearizable`: the `primary` checks, then read-index: the stream's last sequence is
+//!   fetched, this replica waits (bounded by the commit timeout) until it applied it, and
+//!   checks it still leads the same term before reading.
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
 use shardline::body::ApiJson;
-use shardline::internal::ReadRequest;
+use shardline::internal::{ReadLevel, ReadRequest};
 use shardline::ApiError;
 
 use super::{check_keyed, configured_schema};
+use crate::replica::Replica;
 use crate::server::Server;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadQuery {
+    #[serde(default)]
+    consistency: ReadLevel,
+}
 
 pub async fn read(
     State(s): State<Arc<Server>>,
+    query: Result<Query<ReadQuery>, QueryRejection>,
     ApiJson(body): ApiJson<ReadRequest>,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let schema = configured_schema(&s)?;
     check_keyed(&body, &schema, false)?;
     let key = schema.key();
@@ -26,13 +48,11 @@ pub async fn read(
             "`{key}.low` ({low}) is greater than `{key}.high` ({high})"
         )));
     }
-    let replica = s.replica(shard.as_str())?;
-    if replica.is_recovering() {
-        return Err(ApiError::Unavailable(format!(
-            "shard {shard}: server {} is still catching up",
-            s.name
-        )));
-    }
+    let replica = match query.consistency {
+        ReadLevel::Any => fresh_replica(&s, s.replica(shard.as_str())?)?,
+        ReadLevel::Primary => fresh_replica(&s, s.leader(shard.as_str())?.replica)?,
+        ReadLevel::Linearizable => read_index(&s, shard.as_str()).await?,
+    };
     let rows = replica
         .store
         .read_range_json(low, high)
@@ -44,4 +64,49 @@ pub async fn read(
         format!(r#"{{"data":{rows},"status":"success"}}"#),
     )
         .into_response())
+}
+
+/// The replica, if it is caught up within the maximum staleness.
+fn fresh_replica(s: &Server, replica: Arc<Replica>) -> Result<Arc<Replica>, ApiError> {
+    let shard = &replica.shard;
+    if replica.is_recovering() {
+        return Err(ApiError::Unavailable(format!(
+            "shard {shard}: server {} is still catching up",
+            s.name
+        )));
+    }
+    let max = s.max_staleness.as_millis() as u64;
+    match replica.stale_ms() {
+        Some(ms) if ms <= max => Ok(replica),
+        Some(ms) => Err(ApiError::Unavailable(format!(
+            "shard {shard}: server {} is stale: last confirmed caught up with the log {ms} ms ago (max {max} ms)",
+            s.name
+        ))),
+        None => Err(ApiError::Unavailable(format!(
+            "shard {shard}: server {} has not yet confirmed it is caught up with the log",
+            s.name
+        ))),
+    }
+}
+
+/// Read-index: the primary of the current term, once it applied everything the stream held
+/// when the read arrived, and still the primary of that term afterwards.
+async fn read_index(s: &Server, shard: &str) -> Result<Arc<Replica>, ApiError> {
+    let leader = s.leader(shard)?;
+    let last = leader.replica.stream_last_seq().await?;
+    let deadline = tokio::time::Instant::now() + s.commit_timeout;
+    if !leader.replica.wait_applied(last, deadline).await {
+        return Err(ApiError::Unavailable(format!(
+            "shard {shard}: primary {} did not apply the log up to {last} in time for a linearizable read",
+            s.name
+        )));
+    }
+    let again = s.leader(shard)?;
+    if again.term != leader.term {
+        return Err(ApiError::Deposed(format!(
+            "shard {shard}: server {} was deposed during the read (term {} became {}); retry",
+            s.name, leader.term, again.term
+        )));
+    }
+    Ok(again.replica)
 }

@@ -114,7 +114,11 @@ fn rejected(shard: &str, outcome: Outcome) -> ApiError {
             ApiError::NotFound(format!("no record with key {k} in shard {shard}"))
         }
         Outcome::Invalid(e) => ApiError::BadRequest(format!("shard {shard}: entry rejected: {e}")),
-        Outcome::StaleTerm { .. } | Outcome::NewTerm(_) | Outcome::Applied | Outcome::Batch(_) => {
+        Outcome::StaleTerm { .. }
+        | Outcome::NewTerm(_)
+        | Outcome::IgnoredMarker { .. }
+        | Outcome::Applied
+        | Outcome::Batch(_) => {
             ApiError::Internal(format!("shard {shard}: unexpected outcome {outcome:?}"))
         }
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self};
+use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use shardline::wal::{self, WalEntry};
 use shardline::Seq;
@@ -18,6 +19,9 @@ use crate::store::{self, Outcome};
 
 /// Most entries applied in one SQLite transaction.
 const MAX_BATCH: usize = 1024;
+/// Largest batch (in log bytes) applied in place on the runtime's thread; a bigger one (a
+/// replica catching up) goes to the blocking pool.
+const IN_PLACE_BYTES: usize = 64 * 1024;
 /// Longest a replica defers acknowledging applied entries to JetStream. Acks only show
 /// progress (`nats consumer ls`): a restarted replica resumes from the sequence stored with
 /// its data, not from its ack floor. So one cumulative ack per interval replaces one per
@@ -45,7 +49,9 @@ impl Replica {
         let started = Instant::now();
         let mut stream = self.js.get_stream(wal::stream_name(&self.shard)).await?;
         let mut applied = self.store.position().seq;
+        let asked = self.fresh.now();
         let target = Seq(stream.info().await?.state.last_sequence);
+        self.fresh.learned(target, asked, applied);
         // The consumer is re-created at every (re)start so that it begins exactly after the
         // sequence stored with the data, whatever position it had before.
         let _ = stream.delete_consumer(self.server.as_str()).await;
@@ -115,7 +121,7 @@ impl Replica {
                 if seq != expected {
                     anyhow::bail!("gap in the log: expected {expected} got {seq}");
                 }
-                entries.push((seq, WalEntry::decode(&m.payload).map_err(|e| e.to_string())));
+                entries.push((seq, m.payload.clone()));
                 ids.push(
                     m.headers
                         .as_ref()
@@ -145,16 +151,19 @@ impl Replica {
         }
     }
 
-    /// Applies a batch in one transaction: in place normally (a few microseconds of SQLite),
-    /// on the blocking pool when the commit waits for the disk.
-    async fn commit(
-        &self,
-        entries: Vec<(Seq, Result<WalEntry, String>)>,
-    ) -> anyhow::Result<store::BatchApplied> {
-        if self.store.is_durable() {
-            store::blocking(&self.store, move |s| s.apply(&entries)).await
+    /// Decodes and applies a batch in one transaction: in place normally (a few
+    /// microseconds of SQLite), on the blocking pool when the commit waits for the disk or
+    /// the batch is big (a replica catching up), so the runtime's single thread keeps
+    /// answering `/heartbeat` and reads meanwhile.
+    async fn commit(&self, entries: Vec<(Seq, Bytes)>) -> anyhow::Result<store::BatchApplied> {
+        let bytes: usize = entries.iter().map(|(_, p)| p.len()).sum();
+        if self.store.is_durable() || bytes > IN_PLACE_BYTES {
+            let done = store::blocking(&self.store, move |s| s.apply(&decode(&entries))).await;
+            // Let the tasks that waited meanwhile run before the next batch.
+            tokio::task::yield_now().await;
+            done
         } else {
-            Ok(self.store.apply(&entries)?)
+            Ok(self.store.apply(&decode(&entries))?)
         }
     }
 
@@ -183,6 +192,14 @@ impl Replica {
             }
         }
     }
+}
+
+/// Decodes each entry; one that does not decode is applied as invalid (skipped).
+fn decode(entries: &[(Seq, Bytes)]) -> Vec<(Seq, Result<WalEntry, String>)> {
+    entries
+        .iter()
+        .map(|(seq, p)| (*seq, WalEntry::decode(p).map_err(|e| e.to_string())))
+        .collect()
 }
 
 /// Acknowledges `msg` and, the consumer being AckAll, every message before it.

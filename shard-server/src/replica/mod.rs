@@ -16,6 +16,8 @@
 
 mod announce;
 mod apply;
+mod fresh;
+mod inflight;
 mod propose;
 mod quorum;
 
@@ -30,7 +32,7 @@ use shardline::internal::ReplicaProgress;
 use shardline::names::{ServerName, ShardId};
 use shardline::watch::MetaRx;
 use shardline::{ApiError, Position, Seq, Term};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -45,6 +47,8 @@ pub struct ReplicaContext {
     pub nats: async_nats::Client,
     pub meta: MetaRx,
     pub commit_timeout: Duration,
+    /// Most writes queued for the proposer before new ones are refused as overloaded.
+    pub max_queued_writes: usize,
 }
 
 pub struct Replica {
@@ -59,10 +63,16 @@ pub struct Replica {
     applied: AtomicU64,
     term: AtomicU64,
     recovering: AtomicBool,
+    /// Signalled after each applied batch (read-index waits on it).
+    applied_changed: Notify,
+    /// Staleness against the stream's last sequence.
+    fresh: fresh::Freshness,
+    /// Writes waiting to commit, for `stalled_ms`.
+    inflight: inflight::InFlight,
     /// Writes this server appended and is waiting on, by `Nats-Msg-Id`.
     pending: Mutex<HashMap<String, oneshot::Sender<(Seq, Outcome)>>>,
     quorum: Quorum,
-    proposals: mpsc::UnboundedSender<Proposal>,
+    proposals: mpsc::Sender<Proposal>,
     commit_timeout: Duration,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -73,7 +83,7 @@ impl Replica {
     /// the ack follower and the proposer.
     pub fn start(shard: ShardId, store: Arc<Store>, cx: ReplicaContext) -> Arc<Replica> {
         let at = store.position();
-        let (proposals, proposed) = mpsc::unbounded_channel();
+        let (proposals, proposed) = mpsc::channel(cx.max_queued_writes.max(1));
         let quorum = Quorum::new(shard.clone(), cx.meta.clone());
         let replica = Arc::new(Replica {
             shard,
@@ -85,6 +95,9 @@ impl Replica {
             applied: AtomicU64::new(at.seq.get()),
             term: AtomicU64::new(at.term.get()),
             recovering: AtomicBool::new(true),
+            applied_changed: Notify::new(),
+            fresh: fresh::Freshness::new(),
+            inflight: inflight::InFlight::default(),
             pending: Mutex::new(HashMap::new()),
             quorum,
             proposals,
@@ -96,6 +109,8 @@ impl Replica {
         replica.spawn(announce::follow_acks(replica.clone()));
         replica.spawn(announce::announce_periodically(replica.clone()));
         replica.spawn(apply::apply_forever(replica.clone()));
+        replica.spawn(fresh::poll_forever(replica.clone()));
+        replica.spawn(fresh::tick_forever(replica.clone()));
         replica
     }
 
@@ -112,15 +127,64 @@ impl Replica {
             applied: Seq(self.applied.load(Ordering::Acquire)),
             term: Term(self.term.load(Ordering::Acquire)),
             recovering: self.recovering.load(Ordering::Acquire),
-            stale_ms: None,
-            stalled_ms: None,
+            stale_ms: self.fresh.stale_ms(),
+            stalled_ms: self.inflight.oldest_ms(),
         }
+    }
+
+    /// Milliseconds since this replica last confirmed it had applied everything its stream
+    /// held (`None`: never). One atomic load and a clock read.
+    pub fn stale_ms(&self) -> Option<u64> {
+        self.fresh.stale_ms()
+    }
+
+    /// Milliseconds since JetStream last answered this replica (see `fresh`).
+    pub fn nats_silence_ms(&self) -> u64 {
+        self.fresh.nats_silence_ms()
     }
 
     /// Publishes a committed position (the applier is the only writer).
     fn set_applied(&self, at: Position) {
         self.applied.store(at.seq.get(), Ordering::Release);
         self.term.store(at.term.get(), Ordering::Release);
+        self.fresh.applied(at.seq);
+        self.applied_changed.notify_waiters();
+    }
+
+    /// Waits until this replica applied `seq`, or `deadline`; returns whether it did.
+    pub async fn wait_applied(&self, seq: Seq, deadline: tokio::time::Instant) -> bool {
+        loop {
+            // Registered before checking, so a batch applied in between wakes us.
+            let notified = self.applied_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.progress().applied >= seq {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.progress().applied >= seq;
+            }
+        }
+    }
+
+    /// The stream's last sequence now, asked of JetStream (read-index).
+    pub async fn stream_last_seq(&self) -> Result<Seq, ApiError> {
+        let name = shardline::wal::stream_name(&self.shard);
+        let ask = async {
+            let stream = self.js.get_stream(&name).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(Seq(stream.cached_info().state.last_sequence))
+        };
+        match tokio::time::timeout(self.commit_timeout, ask).await {
+            Ok(Ok(seq)) => Ok(seq),
+            Ok(Err(e)) => Err(self.error(
+                ApiError::Unavailable,
+                format_args!("cannot read the log's last sequence: {e}"),
+            )),
+            Err(_) => Err(self.error(
+                ApiError::Unavailable,
+                "the log did not answer in time for a linearizable read",
+            )),
+        }
     }
 
     pub fn is_recovering(&self) -> bool {

@@ -22,6 +22,18 @@ pub const MAX_OPS_PER_ENTRY: usize = 128;
 /// Most rows a group-committed entry may carry (a single larger request goes alone).
 pub const MAX_ROWS_PER_ENTRY: usize = 2048;
 
+/// Bytes the `Nats-Msg-Id` header adds to an appended message: `NATS/1.0\r\n`, the
+/// header line with its 36-character UUID, and the blank line ending the headers. The server
+/// counts headers and payload together against `max_payload`.
+pub const HEADER_BYTES: usize =
+    "NATS/1.0\r\n".len() + "Nats-Msg-Id: ".len() + 36 + "\r\n".len() + "\r\n".len();
+
+/// Whether an entry of `payload` bytes, with its header, fits a message of at most `max`
+/// bytes (0: no limit known).
+pub fn fits(payload: usize, max: usize) -> bool {
+    max == 0 || payload + HEADER_BYTES <= max
+}
+
 type Reply = oneshot::Sender<Result<Outcome, ApiError>>;
 
 /// A client request waiting to be appended by the proposer.
@@ -124,10 +136,7 @@ impl<T> Splitter<T> {
 }
 
 /// Takes requests off the queue, a group at a time, until the queue closes.
-pub(super) async fn propose_forever(
-    replica: Arc<Replica>,
-    mut queue: mpsc::UnboundedReceiver<Proposal>,
-) {
+pub(super) async fn propose_forever(replica: Arc<Replica>, mut queue: mpsc::Receiver<Proposal>) {
     let mut carry: Option<Proposal> = None;
     loop {
         let first = match carry.take() {
@@ -149,9 +158,11 @@ impl Replica {
     /// of the shard's replicas. Concurrent requests are folded into one entry.
     pub async fn propose(&self, op: WalOp, term: Term) -> Result<Outcome, ApiError> {
         let started = StdInstant::now();
+        // Counted as waiting from now until answered (or until the caller goes away).
+        let _waiting = self.inflight.start();
         let (reply, rx) = oneshot::channel();
-        let result = match self.proposals.send(Proposal { op, term, reply }) {
-            Err(_) => Err(self.error(ApiError::Unavailable, "the replica is stopping")),
+        let result = match enqueue(&self.proposals, Proposal { op, term, reply }) {
+            Err(full) => Err(self.error(ApiError::Unavailable, full)),
             // The proposer's completion task enforces the commit timeout; this one only
             // guards against a lost reply.
             Ok(()) => match tokio::time::timeout(self.commit_timeout * 2, rx).await {
@@ -180,7 +191,10 @@ impl Replica {
         let Some(term) = group.first().map(|p| p.term) else {
             return;
         };
-        let group = self.refuse_doomed(group).await;
+        let group = self.refuse_doomed(drop_abandoned(group)).await;
+        if group.is_empty() {
+            return;
+        }
         let (ops, replies): (Vec<WalOp>, Vec<Reply>) =
             group.into_iter().map(|p| (p.op, p.reply)).unzip();
         let max = self.nats.server_info().max_payload;
@@ -196,14 +210,14 @@ impl Replica {
                 ts_ms: now_ms(),
             };
             let payload = entry.encode();
-            if max > 0 && payload.len() > max {
+            if !fits(payload.len(), max) {
                 let ops = match entry.op {
                     WalOp::Batch { ops } => ops,
                     one => vec![one],
                 };
                 Encoded::TooLarge {
                     ops,
-                    size: payload.len(),
+                    size: payload.len() + HEADER_BYTES,
                 }
             } else {
                 Encoded::Fits(payload)
@@ -370,6 +384,26 @@ impl Replica {
         self.quorum.wait_for_majority(seq, deadline).await?;
         Ok(outcome)
     }
+}
+
+/// Queues a proposal without waiting: a full queue refuses it at once (nothing is appended,
+/// so the caller may say "not applied"), as does a stopped proposer.
+fn enqueue(queue: &mpsc::Sender<Proposal>, p: Proposal) -> Result<(), String> {
+    queue.try_send(p).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(_) => format!(
+            "overloaded ({} writes queued); retry later",
+            queue.max_capacity()
+        ),
+        mpsc::error::TrySendError::Closed(_) => "the replica is stopping".to_owned(),
+    })
+}
+
+/// Drops the requests whose caller is gone (the HTTP request was dropped, or gave up after
+/// its timeout and answered): nobody waits for them, and appending one now would apply a
+/// write its client may have been told failed.
+fn drop_abandoned(mut group: Vec<Proposal>) -> Vec<Proposal> {
+    group.retain(|p| !p.reply.is_closed());
+    group
 }
 
 /// Keys an op names (inserted rows' keys, or the updated/deleted key).

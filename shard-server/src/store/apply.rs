@@ -27,8 +27,14 @@ pub enum Outcome {
     },
     /// The entry does not decode or does not fit the schema: skipped.
     Invalid(String),
-    /// A term marker.
+    /// A term marker, now the current term.
     NewTerm(Term),
+    /// A term marker whose term is not greater than the last applied one (a second
+    /// manager's, or a paused one's): ignored, so the current primary stays.
+    IgnoredMarker {
+        marker: Term,
+        current: Term,
+    },
     /// A group-committed entry: the outcome of each op, in order.
     Batch(Vec<Outcome>),
 }
@@ -79,6 +85,14 @@ impl Store {
         term: &mut Term,
     ) -> rusqlite::Result<Outcome> {
         if let WalOp::Term { .. } = entry.op {
+            // Only a higher term moves on: `term` is the last applied marker's, stored with
+            // the rows, so every replica decides the same way whatever its batching.
+            if entry.term <= *term {
+                return Ok(Outcome::IgnoredMarker {
+                    marker: entry.term,
+                    current: *term,
+                });
+            }
             *term = entry.term;
             return Ok(Outcome::NewTerm(entry.term));
         }

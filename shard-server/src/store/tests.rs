@@ -208,3 +208,78 @@ fn snapshot_restores_elsewhere() {
         }
     );
 }
+
+/// A marker whose term is not greater than the last applied one (a second manager's marker
+/// of the same term naming another primary, or a paused manager's lower term) changes
+/// nothing: entries of the first marker's term keep applying, on every replica alike.
+#[test]
+fn markers_not_above_the_applied_term_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = |primary: &str, t| {
+        entry(
+            WalOp::Term {
+                primary: shardline::names::ServerName::parse(primary).unwrap(),
+            },
+            t,
+        )
+    };
+    let batch: Vec<(Seq, _)> = vec![
+        (1, marker("a", 2)),
+        (2, entry(insert(1, "one"), 2)),
+        (3, marker("b", 2)),
+        (4, entry(insert(2, "two"), 2)),
+        (5, marker("c", 1)),
+        (6, entry(insert(3, "three"), 2)),
+        (7, entry(insert(4, "low"), 1)),
+    ]
+    .into_iter()
+    .map(|(s, e)| (Seq(s), e))
+    .collect();
+    // Applied in one batch on one replica and entry by entry on another: the same result.
+    let one = Store::open(&dir.path().join("one.db"), &schema(), SyncMode::Normal).unwrap();
+    let each = Store::open(&dir.path().join("each.db"), &schema(), SyncMode::Normal).unwrap();
+    let outcomes: Vec<Outcome> = one
+        .apply(&batch)
+        .unwrap()
+        .outcomes
+        .into_iter()
+        .map(|(_, o)| o)
+        .collect();
+    let mut singly = Vec::new();
+    for e in &batch {
+        singly.extend(each.apply(std::slice::from_ref(e)).unwrap().outcomes);
+    }
+    let singly: Vec<Outcome> = singly.into_iter().map(|(_, o)| o).collect();
+    assert_eq!(outcomes, singly);
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::NewTerm(Term(2)),
+            Outcome::Applied,
+            Outcome::IgnoredMarker {
+                marker: Term(2),
+                current: Term(2)
+            },
+            Outcome::Applied,
+            Outcome::IgnoredMarker {
+                marker: Term(1),
+                current: Term(2)
+            },
+            Outcome::Applied,
+            Outcome::StaleTerm {
+                entry: Term(1),
+                current: Term(2)
+            },
+        ]
+    );
+    for s in [&one, &each] {
+        assert_eq!(
+            s.position(),
+            Position {
+                seq: Seq(7),
+                term: Term(2)
+            }
+        );
+        assert_eq!(s.existing(&[1, 2, 3, 4]).unwrap(), vec![1, 2, 3]);
+    }
+}

@@ -198,3 +198,65 @@ proptest! {
         prop_assert_eq!(next, n);
     }
 }
+
+fn proposal(key: i64) -> (Proposal, oneshot::Receiver<Result<Outcome, ApiError>>) {
+    let (reply, rx) = oneshot::channel();
+    let p = Proposal {
+        op: WalOp::Delete { key },
+        term: Term(1),
+        reply,
+    };
+    (p, rx)
+}
+
+/// A full queue refuses at once, saying "overloaded" and how many are queued; once the
+/// proposer takes one, there is room again.
+#[test]
+fn a_full_queue_refuses_new_writes() {
+    let (tx, mut rx) = mpsc::channel(2);
+    let mut waiting = Vec::new();
+    for k in 0..2 {
+        let (p, r) = proposal(k);
+        enqueue(&tx, p).unwrap();
+        waiting.push(r);
+    }
+    let (p, mut refused) = proposal(2);
+    let e = enqueue(&tx, p).unwrap_err();
+    assert_eq!(e, "overloaded (2 writes queued); retry later");
+    // The refused proposal was dropped, not queued: its reply channel is closed.
+    assert!(refused.try_recv().is_err());
+    assert!(rx.try_recv().is_ok());
+    let (p, _r) = proposal(3);
+    enqueue(&tx, p).unwrap();
+    drop(rx);
+    let (p, _r) = proposal(4);
+    assert_eq!(enqueue(&tx, p).unwrap_err(), "the replica is stopping");
+}
+
+/// Requests whose caller is gone are dropped before appending; the others keep their order.
+#[test]
+fn abandoned_requests_are_not_appended() {
+    let (a, _ra) = proposal(1);
+    let (b, rb) = proposal(2);
+    let (c, _rc) = proposal(3);
+    drop(rb);
+    let kept: Vec<i64> = drop_abandoned(vec![a, b, c])
+        .into_iter()
+        .map(|p| op_keys(&p.op)[0])
+        .collect();
+    assert_eq!(kept, vec![1, 3]);
+}
+
+/// The header counts against the limit: an entry of `max - 10` payload bytes does not fit,
+/// one that leaves room for the header does.
+#[test]
+fn the_message_id_header_counts_against_the_limit() {
+    let id = uuid::Uuid::new_v4().to_string();
+    let header = format!("NATS/1.0\r\nNats-Msg-Id: {id}\r\n\r\n");
+    assert_eq!(HEADER_BYTES, header.len());
+    let max = 1024 * 1024;
+    assert!(!fits(max - 10, max));
+    assert!(!fits(max - HEADER_BYTES + 1, max));
+    assert!(fits(max - HEADER_BYTES, max));
+    assert!(fits(usize::MAX / 2, 0));
+}
