@@ -24,6 +24,14 @@ fn main() -> anyhow::Result<()> {
         }
     };
     runtime.block_on(async {
+        // A server outlives its manager: when the manager exits while this server is stopped
+        // (SIGSTOP), the kernel sends its orphaned process group SIGHUP, which would kill it.
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP ignored: a shard server stops on SIGINT or SIGTERM");
+            }
+        });
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
