@@ -389,3 +389,28 @@ async fn primary_reports_how_long_writes_have_waited() {
     .await;
     assert!(cleared, "{primary} still reports a stalled write");
 }
+
+/// A shard server that is paused when its manager dies outlives the manager: the kernel sends
+/// the server's orphaned process group SIGHUP (and SIGCONT), which used to kill it, so every
+/// paused replica was lost whenever the manager crashed or was restarted.
+#[tokio::test(flavor = "multi_thread")]
+async fn paused_server_outlives_its_manager() {
+    let mut c = start_a1().await;
+    let name = "Server1";
+    let addr = server_addr(&c, name);
+    let pid = c.stop_server(name);
+    c.manager().kill();
+    c.cont_server(name);
+    let url = format!("http://{addr}/heartbeat");
+    let answered = wait_until(Duration::from_secs(10), || async {
+        testkit::http::send(c.client(), Method::GET, &url, None)
+            .await
+            .0
+            == 200
+    })
+    .await;
+    assert!(
+        answered && testkit::pids::pid_alive(pid),
+        "server {name} (pid {pid}) did not survive its manager's death while paused"
+    );
+}
