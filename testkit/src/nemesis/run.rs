@@ -118,7 +118,7 @@ impl Report {
             .map_or("0".into(), |d| format!("{}ms", d.as_millis()));
         let mut s = format!(
             "nemesis {}: faults [{}]; ops ok {} / failed {} / unknown {}; checker: {verdict}; \
-             recovery {rec}; max any-read staleness {stale}",
+             recovery (first sh1 write after heal) {rec}; max any-read staleness {stale}",
             self.name, self.faults, self.ok, self.failed, self.unknown
         );
         for n in &self.notes {
@@ -229,6 +229,8 @@ pub async fn run(name: &str, fault: Fault, s: &Settings) -> Option<Report> {
         }
     };
     report.faults = guard.what.clone();
+    // A killed or restarted process has nothing to heal: recovery counts from the fault.
+    let injected_at = rec.now();
     tokio::time::sleep(s.fault).await;
     if fault == Fault::TwoManagers {
         if let Some(why) = two_managers_check(&c).await {
@@ -246,7 +248,10 @@ pub async fn run(name: &str, fault: Fault, s: &Settings) -> Option<Report> {
     if fault == Fault::ManagerFailpoint {
         let _ = faults::restart(&manager, "manager");
     }
-    let healed = rec.now();
+    let healed = match fault {
+        Fault::KillPrimary | Fault::NatsRestart => injected_at,
+        _ => rec.now(),
+    };
     // Load after the heal: at least `after`, until a write to sh1 succeeded (bounded).
     let deadline = Instant::now() + s.recover;
     loop {
