@@ -17,7 +17,6 @@ async fn scenario(name: &str, fault: Fault, seed: u64) {
     };
     // Printed whatever happens: the line is the result.
     println!("{}", report.line());
-    eprintln!("{}", report.line());
     assert!(report.passed(), "{}", report.line());
 }
 

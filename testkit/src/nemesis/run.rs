@@ -371,6 +371,16 @@ async fn judge(c: &DockerCluster, rec: &Arc<Recorder>, report: &mut Report) {
             Status::Unknown => report.unknown += 1,
         }
     }
+    let longest = reg
+        .iter()
+        .filter(|o| o.op != RegOp::Read)
+        .map(|o| o.complete.saturating_sub(o.invoke))
+        .chain(set.iter().map(|s| s.3.saturating_sub(s.2)))
+        .max()
+        .unwrap_or_default();
+    report
+        .notes
+        .push(format!("slowest write {}ms", longest.as_millis()));
     let stale: Vec<Duration> = reads.iter().filter_map(|r| r.3).collect();
     report.max_stale = stale.iter().max().copied();
     report.notes.push(format!(
