@@ -272,6 +272,12 @@ pub async fn run(name: &str, fault: Fault, s: &Settings) -> Option<Report> {
             .push("gateway refused `linearizable` (400): reads used `primary`".into());
     }
     judge(&c, &rec, &mut report).await;
+    let after = c.primaries().await.get("sh1").cloned().unwrap_or_default();
+    if after != sh1_primary {
+        report
+            .notes
+            .push(format!("sh1 primary {sh1_primary} -> {after}"));
+    }
     if !report.passed() {
         for n in ["manager", "gateway"] {
             eprintln!("--- {n}\n{}", faults::logs(&svc(n), 30));
