@@ -6,7 +6,7 @@ SHELL := bash
 NATS_SERVER_BIN := $(CURDIR)/.tools/bin/nats-server
 VENV := $(CURDIR)/.venv
 
-.PHONY: help run stop build test lint clean nats venv chromium
+.PHONY: help run stop build test lint clean nats venv chromium nemesis
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | \
@@ -55,6 +55,17 @@ test: nats venv chromium ## install nats-server, the python tools and chromium, 
 	    echo "cargo-nextest not found; using cargo test"; \
 	    NATS_SERVER_BIN="$(NATS_SERVER_BIN)" cargo test --workspace --no-fail-fast; \
 	fi
+
+# Every nemesis scenario (testkit/tests/nemesis.rs), ignored ones included, each fault held
+# SHARDLINE_NEMESIS_SECS seconds (default 20 here; `make test` runs them with 3). Bounded:
+# 10 scenarios of at most ~2 min each.
+NEMESIS_SECS ?= 20
+nemesis: ## the nemesis suite (Docker): faults under load, histories checked for linearizability
+	@if docker info >/dev/null 2>&1; then \
+	    $(MAKE) --no-print-directory images && \
+	    SHARDLINE_NEMESIS_SECS=$(NEMESIS_SECS) timeout 1200 cargo test -p testkit --test nemesis -- \
+	        --include-ignored --nocapture --test-threads 1; \
+	else echo "nemesis: SKIPPED: no Docker engine reachable (docker info failed)"; fi
 
 lint: ## cargo fmt --check and clippy with warnings as errors
 	cargo fmt --all --check

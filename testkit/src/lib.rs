@@ -35,6 +35,8 @@
 //!   raw HTTP);
 //! - [`workload`](mod@workload): a concurrent writer recording every request's outcome, and its checker;
 //! - [`docker`]: a whole cluster from the project's images with docker-compose;
+//! - [`nemesis`]: Jepsen-style fault scenarios on the Docker cluster, with a linearizability
+//!   checker (stateright);
 //! - [`python`]: the project's Python virtualenv (schemathesis, nats-py).
 //!
 //! Cleanup: every process started here is killed when its owner ([`Proc`], [`Nats`],
@@ -50,6 +52,7 @@ pub mod cluster;
 pub mod docker;
 pub mod http;
 pub mod nats;
+pub mod nemesis;
 pub mod paths;
 pub mod pids;
 pub mod process;
