@@ -89,3 +89,13 @@ async fn nemesis_two_managers() {
 async fn nemesis_nats_node_restart() {
     scenario("nats-node-restart", Fault::NatsRestart, 10).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nemesis_partition_nats_node() {
+    scenario("partition-nats-node", Fault::NatsIsolate, 11).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nemesis_partition_nats_minority() {
+    scenario("partition-nats-minority", Fault::NatsMinority, 12).await;
+}

@@ -1,6 +1,7 @@
 //! The nemesis's faults, each a function over containers of a [`DockerCluster`]:
 //! link partitions (iptables rules inside one container's network namespace, entered from
-//! the host with `nsenter`, since the images have no shell; or `docker network disconnect`
+//! the host with `nsenter`, since the images have no shell, alone or as a split of the NATS
+//! cluster into two sides; or `docker network disconnect`
 //! where iptables cannot be used), kill -9, pause, and extra manager containers (a second
 //! manager, or one started with a failpoint).
 //!
@@ -82,10 +83,18 @@ pub fn iptables_usable(container: &str) -> Result<(), String> {
 
 /// How a fault is undone.
 enum Undo {
-    Iptables { pid: String, peer: String },
-    Reconnect { network: String, container: String },
+    Iptables {
+        pid: String,
+        peer: String,
+    },
+    Reconnect {
+        network: String,
+        container: String,
+    },
     Unpause(String),
     Remove(String),
+    /// Several faults made as one (a split of the cluster into two sides).
+    All(Vec<Fault>),
     Nothing,
 }
 
@@ -109,6 +118,11 @@ impl Fault {
             }
             Undo::Unpause(c) => out(&["unpause", &c]).map(|_| ()),
             Undo::Remove(c) => out(&["rm", "-f", &c]).map(|_| ()),
+            // Every part is healed even when one fails; the first error is reported.
+            Undo::All(parts) => parts
+                .into_iter()
+                .map(|mut f| f.heal())
+                .fold(Ok(()), Result::and),
             Undo::Nothing => Ok(()),
         };
         // A namespace gone with its container took its rules with it.
@@ -141,6 +155,103 @@ pub fn partition(c: &DockerCluster, a: &str, b: &str, label: &str) -> Result<Fau
     };
     nsenter_iptables(&p, &["-I", "OUTPUT", "-d", &peer, "-j", "DROP"])?;
     Ok(fault)
+}
+
+/// Drops every packet between each container of `a` and each of `b` (rules in the
+/// namespaces of `a`'s containers), as one fault described by `what`.
+pub fn split(c: &DockerCluster, a: &[String], b: &[String], what: String) -> Result<Fault, String> {
+    let mut parts = Vec::new();
+    for x in a {
+        for y in b {
+            // On an error the parts made so far are healed as they are dropped.
+            parts.push(partition(c, x, y, &format!("{x}<->{y}"))?);
+        }
+    }
+    Ok(Fault {
+        what,
+        undo: Undo::All(parts),
+    })
+}
+
+/// The address of the NATS server `container` has a client connection to (port 4222), read
+/// from its network namespace's TCP table: the compose file gives every component
+/// `nats://nats:4222` and all three cluster nodes answer to `nats`, so which node a
+/// component uses is decided when it connects.
+pub fn nats_peer(container: &str) -> Result<Option<String>, String> {
+    let p = pid(container)?;
+    let table = std::fs::read_to_string(format!("/proc/{p}/net/tcp"))
+        .map_err(|e| format!("cannot read {container}'s TCP table: {e}"))?;
+    // `sl local_address rem_address st ...`, addresses as little-endian hex `AABBCCDD:PORT`;
+    // state 01 is ESTABLISHED.
+    Ok(table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (addr, port) = f.get(2)?.split_once(':')?;
+        if *f.get(3)? != "01" || u16::from_str_radix(port, 16).ok()? != 4222 {
+            return None;
+        }
+        let a = u32::from_str_radix(addr, 16).ok()?;
+        Some(std::net::Ipv4Addr::from(a.to_le_bytes()).to_string())
+    }))
+}
+
+/// A split of the 3-node NATS cluster around the node `anchor` (a component's container,
+/// with its label) is connected to: that node is cut from the other two, both directions.
+/// With `with_clients`, every one of `components` connected to that node goes with it to
+/// the minority side, cut from the two majority nodes too (so it cannot reconnect to them);
+/// without, those clients stay connected to the isolated node. Links between components are
+/// left alone: this is a fault of NATS, not of the shardline HTTP links.
+pub fn nats_split(
+    c: &DockerCluster,
+    components: &[(String, String)],
+    anchor: &(String, String),
+    with_clients: bool,
+) -> Result<Fault, String> {
+    let mut nodes = Vec::new();
+    for (service, label) in [
+        ("nats", "nats-1"),
+        ("nats-2", "nats-2"),
+        ("nats-3", "nats-3"),
+    ] {
+        let container = c
+            .service_container(service)
+            .ok_or(format!("no {service} container"))?;
+        nodes.push((label, ip(c, &container)?, container));
+    }
+    let node_of = |container: &str| -> Result<Option<usize>, String> {
+        let peer = nats_peer(container)?;
+        Ok(nodes.iter().position(|n| Some(&n.1) == peer.as_ref()))
+    };
+    let m = node_of(&anchor.1)?.ok_or(format!("{} has no NATS connection", anchor.0))?;
+    let mut clients = Vec::new();
+    for comp in components {
+        if node_of(&comp.1)? == Some(m) {
+            clients.push(comp);
+        }
+    }
+    let majority: Vec<String> = (0..3)
+        .filter(|i| *i != m)
+        .map(|i| nodes[i].2.clone())
+        .collect();
+    let others: Vec<&str> = (0..3).filter(|i| *i != m).map(|i| nodes[i].0).collect();
+    let names: Vec<&str> = clients.iter().map(|c| c.0.as_str()).collect();
+    let mut minority = vec![nodes[m].2.clone()];
+    let what = if with_clients {
+        minority.extend(clients.iter().map(|c| c.1.clone()));
+        format!(
+            "minority {{{}, its clients {}}} cut from majority {{{}}}",
+            nodes[m].0,
+            names.join(", "),
+            others.join(", ")
+        )
+    } else {
+        format!(
+            "{} (serving {}) cut from {}",
+            nodes[m].0,
+            names.join(", "),
+            others.join(", ")
+        )
+    };
+    split(c, &minority, &majority, what)
 }
 
 /// Cuts `container` off the cluster network entirely (every link of it).

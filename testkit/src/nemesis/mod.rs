@@ -4,7 +4,8 @@
 //!
 //! - [`checker`]: the register model and stateright's `LinearizabilityTester`;
 //! - [`workload`]: register, set and staleness clients;
-//! - [`faults`]: partitions of single links, kill -9, pause, extra managers;
+//! - [`faults`]: partitions of single links or of the NATS cluster, kill -9, pause, extra
+//!   managers;
 //! - [`run`]: one scenario end to end, giving a [`Report`] whose [`Report::line`] is the
 //!   one-line summary the tests print.
 //!

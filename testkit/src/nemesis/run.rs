@@ -38,6 +38,20 @@ pub enum Fault {
     TwoManagers,
     /// One node of the 3-node NATS cluster restarts.
     NatsRestart,
+    /// The NATS node sh1's primary uses is cut from the other two (its clients stay on it).
+    NatsIsolate,
+    /// That node and every component connected to it are cut from the other two NATS nodes.
+    NatsMinority,
+}
+
+impl Fault {
+    /// Whether the scenario runs on the 3-node NATS cluster profile.
+    fn nats_cluster(self) -> bool {
+        matches!(
+            self,
+            Fault::NatsRestart | Fault::NatsIsolate | Fault::NatsMinority
+        )
+    }
 }
 
 /// Durations of a run.
@@ -134,7 +148,7 @@ impl Report {
 /// Runs scenario `name` with `fault`; `None` when Docker tests cannot run here (the
 /// `SKIPPED:` line is printed by [`DockerCluster::up`]).
 pub async fn run(name: &str, fault: Fault, s: &Settings) -> Option<Report> {
-    let c = DockerCluster::up(fault == Fault::NatsRestart).await?;
+    let c = DockerCluster::up(fault.nats_cluster()).await?;
     c.init(&crate::workload("a1")).await;
     let mut report = Report {
         name: name.into(),
@@ -218,6 +232,19 @@ pub async fn run(name: &str, fault: Fault, s: &Settings) -> Option<Report> {
         Fault::NatsRestart => {
             let node = svc("nats-2");
             faults::restart(&node, "nats-2 (one of 3 NATS nodes)")
+        }
+        Fault::NatsIsolate | Fault::NatsMinority => {
+            let anchor = (format!("{sh1_primary}(sh1 primary)"), primary.clone());
+            let mut comps = vec![
+                ("gateway".to_string(), gateway.clone()),
+                ("manager".to_string(), manager.clone()),
+            ];
+            let st = c.status().await;
+            for s in st["health"].as_object().into_iter().flat_map(|h| h.keys()) {
+                let label = if *s == sh1_primary { &anchor.0 } else { s };
+                comps.push((label.clone(), c.server_container(s)));
+            }
+            faults::nats_split(&c, &comps, &anchor, fault == Fault::NatsMinority)
         }
     };
     let mut guard = match injected {
