@@ -90,15 +90,7 @@ async fn role(c: &LocalCluster, manager: &str) -> String {
 }
 
 async fn status(c: &LocalCluster) -> Value {
-    let mut last = (0, Value::Null);
-    for _ in 0..50 {
-        last = c.get("/status").await;
-        if last.0 == 200 {
-            return last.1;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("/status did not answer 200: {last:?}");
+    c.status_within(Duration::from_secs(5)).await
 }
 
 /// One single-row insert of key `key` through the gateway; true if acknowledged.

@@ -30,15 +30,7 @@ async fn start_a1() -> LocalCluster {
 }
 
 async fn status(c: &LocalCluster) -> Value {
-    let mut last = (0, Value::Null);
-    for _ in 0..50 {
-        last = c.get("/status").await;
-        if last.0 == 200 {
-            return last.1;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("/status did not answer 200: {last:?}");
+    c.status_within(Duration::from_secs(5)).await
 }
 
 /// A server that is primary of no shard (a pure secondary).

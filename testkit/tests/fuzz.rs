@@ -66,9 +66,8 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn schemathesis_finds_nothing() {
-    let st = python::venv_bin("st");
+/// A cluster with the admin token set, configured with [`wide_init`], ready.
+async fn wide_cluster() -> LocalCluster {
     let c = LocalCluster::start_with(ClusterOptions {
         env: vec![("SHARDLINE_ADMIN_TOKEN".into(), TOKEN.into())],
         ..Default::default()
@@ -84,6 +83,37 @@ async fn schemathesis_finds_nothing() {
         .expect("POST /init");
     assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
     c.wait_ready(Duration::from_secs(60)).await;
+    c
+}
+
+/// Runs a schemathesis command within [`DEADLINE`], prints its output and its summary line;
+/// whether it succeeded, and that summary.
+async fn run_schemathesis(
+    mut cmd: tokio::process::Command,
+    seed: u64,
+    examples: u32,
+) -> (bool, String) {
+    println!("running {cmd:?}");
+    let out = tokio::time::timeout(DEADLINE, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("schemathesis did not finish within {DEADLINE:?}"))
+        .expect("cannot run schemathesis");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let summary = stdout
+        .lines()
+        .find(|l| l.contains("generated,"))
+        .unwrap_or("(no summary line)")
+        .trim()
+        .to_owned();
+    println!("schemathesis: {summary} (seed {seed}, {examples} examples per operation)");
+    (out.status.success(), summary)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_finds_nothing() {
+    let st = python::venv_bin("st");
+    let c = wide_cluster().await;
     // Something to find for /read and /read/{server}, whose example names Server0.
     let rows: Vec<Value> = (0..20)
         .map(|k| json!({"Stud_id": k * 1000 - 9000, "Stud_name": format!("seed{k}"), "Stud_marks": k}))
@@ -113,22 +143,9 @@ async fn schemathesis_finds_nothing() {
         .arg(&report)
         .current_dir(c.data_dir())
         .kill_on_drop(true);
-    println!("running {cmd:?}");
-    let out = tokio::time::timeout(DEADLINE, cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("schemathesis did not finish within {DEADLINE:?}"))
-        .expect("cannot run schemathesis");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let summary = stdout
-        .lines()
-        .find(|l| l.contains("generated,"))
-        .unwrap_or("(no summary line)")
-        .trim()
-        .to_owned();
-    println!("schemathesis: {summary} (seed {seed}, {examples} examples per operation)");
+    let (succeeded, summary) = run_schemathesis(cmd, seed, examples).await;
     assert!(
-        out.status.success(),
+        succeeded,
         "schemathesis found problems ({summary}); see the output above and {}",
         report.display(),
     );
@@ -189,21 +206,7 @@ async fn schemathesis_valid_input_is_accepted() {
     let st = python::venv_bin("st");
     let hooks = testkit::workspace_root().join("tests/python/positive_hooks.py");
     assert!(hooks.is_file(), "{} is missing", hooks.display());
-    let c = LocalCluster::start_with(ClusterOptions {
-        env: vec![("SHARDLINE_ADMIN_TOKEN".into(), TOKEN.into())],
-        ..Default::default()
-    })
-    .await;
-    let resp = c
-        .client()
-        .post(format!("{}/init", c.gateway_url()))
-        .bearer_auth(TOKEN)
-        .json(&wide_init())
-        .send()
-        .await
-        .expect("POST /init");
-    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
-    c.wait_ready(Duration::from_secs(60)).await;
+    let c = wide_cluster().await;
 
     let seed: u64 = env_or("SHARDLINE_FUZZ_POSITIVE_SEED", 7);
     let examples: u32 = env_or("SHARDLINE_FUZZ_POSITIVE_EXAMPLES", 25);
@@ -222,22 +225,9 @@ async fn schemathesis_valid_input_is_accepted() {
         .env("SCHEMATHESIS_HOOKS", &hooks)
         .current_dir(c.data_dir())
         .kill_on_drop(true);
-    println!("running {cmd:?}");
-    let out = tokio::time::timeout(DEADLINE, cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("schemathesis did not finish within {DEADLINE:?}"))
-        .expect("cannot run schemathesis");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let summary = stdout
-        .lines()
-        .find(|l| l.contains("generated,"))
-        .unwrap_or("(no summary line)")
-        .trim()
-        .to_owned();
-    println!("schemathesis: {summary} (seed {seed}, {examples} examples per operation)");
+    let (succeeded, summary) = run_schemathesis(cmd, seed, examples).await;
     assert!(
-        out.status.success(),
+        succeeded,
         "the gateway refused input its /openapi.json calls valid ({summary}); see the output \
          above and {}",
         report.display(),

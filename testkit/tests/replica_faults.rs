@@ -24,18 +24,7 @@ async fn start_a1() -> LocalCluster {
 }
 
 async fn status(c: &LocalCluster) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (code, st) = c.get("/status").await;
-        if code == 200 {
-            return st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/status did not answer 200: {st}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    c.status_within(Duration::from_secs(10)).await
 }
 
 /// The address shard server `name` listens on, from the last "shard-server listening" line

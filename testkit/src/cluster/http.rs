@@ -31,6 +31,24 @@ impl LocalCluster {
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.request(Method::GET, path, None).await
     }
+    /// The gateway's `/status` once it answers 200, polling every 100 ms for at most `within`;
+    /// panics with the last answer otherwise.
+    pub async fn status_within(&self, within: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (code, st) = self.get("/status").await;
+            if code == 200 {
+                return st;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/status did not answer 200: {:?}",
+                (code, st)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// `GET` with a JSON body (the assignment's `GET /read` style).
     pub async fn get_json(&self, path: &str, body: impl Borrow<Value>) -> (u16, Value) {
         self.request(Method::GET, path, Some(body.borrow())).await
