@@ -59,57 +59,69 @@ impl DockerCluster {
             eprintln!("SKIPPED: Docker end-to-end test not run: {why}");
             return None;
         }
-        let lock = lock();
-        sweep_stale_projects();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let project = format!("sltest{}x{}", std::process::id(), nanos % 1_000_000);
-        let gateway_port = free_port();
-        let nats_port = free_port();
-        // Credentials of this run instead of the compose file's defaults; the space and the
-        // punctuation check that they reach nats-server's command line in one piece.
-        let nats_creds = NatsCreds::user_password("sltest", &format!("pw {project}:x@y/z"));
-        let mut envs = vec![
-            ("SHARDLINE_PROJECT".to_string(), project.clone()),
-            ("SHARDLINE_GATEWAY_PORT".into(), gateway_port.to_string()),
-            ("SHARDLINE_NATS_PORT".into(), nats_port.to_string()),
-        ];
-        envs.extend(nats_creds.env());
-        if nats_cluster {
-            envs.push(("SHARDLINE_STREAM_REPLICAS".into(), "3".into()));
-            envs.push((
-                "SHARDLINE_NATS_CLUSTER_ARGS".into(),
-                "--cluster_name shardline --cluster nats://0.0.0.0:6222 --routes \
+        // The published ports are picked free here but bound later by Docker, so a test running
+        // beside this one can take one in between: then the whole project is brought up again
+        // on other ports, a bounded number of times.
+        let mut attempt = 1;
+        let c = loop {
+            let lock = lock();
+            sweep_stale_projects();
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let project = format!("sltest{}x{}", std::process::id(), nanos % 1_000_000);
+            let gateway_port = free_port();
+            let nats_port = free_port();
+            // Credentials of this run instead of the compose file's defaults; the space and the
+            // punctuation check that they reach nats-server's command line in one piece.
+            let nats_creds = NatsCreds::user_password("sltest", &format!("pw {project}:x@y/z"));
+            let mut envs = vec![
+                ("SHARDLINE_PROJECT".to_string(), project.clone()),
+                ("SHARDLINE_GATEWAY_PORT".into(), gateway_port.to_string()),
+                ("SHARDLINE_NATS_PORT".into(), nats_port.to_string()),
+            ];
+            envs.extend(nats_creds.env());
+            if nats_cluster {
+                envs.push(("SHARDLINE_STREAM_REPLICAS".into(), "3".into()));
+                envs.push((
+                    "SHARDLINE_NATS_CLUSTER_ARGS".into(),
+                    "--cluster_name shardline --cluster nats://0.0.0.0:6222 --routes \
                  nats://nats-1:6222,nats://nats-2:6222,nats://nats-3:6222"
-                    .into(),
-            ));
-        }
-        let c = DockerCluster {
-            project,
-            compose: compose_cmd().expect("checked by unavailable()"),
-            compose_file: workspace_root().join("docker-compose.yml"),
-            envs,
-            nats_creds,
-            profile_cluster: nats_cluster,
-            gateway_port,
-            nats_port,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(15))
-                .build()
-                .expect("reqwest client"),
-            _lock: lock,
+                        .into(),
+                ));
+            }
+            let c = DockerCluster {
+                project,
+                compose: compose_cmd().expect("checked by unavailable()"),
+                compose_file: workspace_root().join("docker-compose.yml"),
+                envs,
+                nats_creds,
+                profile_cluster: nats_cluster,
+                gateway_port,
+                nats_port,
+                client: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(15))
+                    .build()
+                    .expect("reqwest client"),
+                _lock: lock,
+            };
+            eprintln!(
+                "docker test: project {} (gateway :{gateway_port})",
+                c.project
+            );
+            let out = c.compose(&["up", "-d"]);
+            if out.status.success() {
+                break c;
+            }
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(
+                attempt < PORT_ATTEMPTS && err.contains("address already in use"),
+                "compose up failed: {err}"
+            );
+            eprintln!("docker test: a published port was taken meanwhile; again on other ports");
+            drop(c);
+            attempt += 1;
         };
-        eprintln!(
-            "docker test: project {} (gateway :{gateway_port})",
-            c.project
-        );
-        let out = c.compose(&["up", "-d"]);
-        assert!(
-            out.status.success(),
-            "compose up failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         let ok = wait_until(UP_TIMEOUT, || async { c.get("/healthz").await.0 == 200 }).await;
         assert!(ok, "gateway not healthy within {UP_TIMEOUT:?}");
         Some(c)
@@ -434,6 +446,9 @@ impl DockerCluster {
         left
     }
 }
+
+/// How many times [`DockerCluster::up`] tries fresh ports when one was taken meanwhile.
+const PORT_ATTEMPTS: u32 = 3;
 
 impl Drop for DockerCluster {
     fn drop(&mut self) {
