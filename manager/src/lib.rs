@@ -30,6 +30,7 @@ pub mod control_plane;
 pub mod election;
 pub mod failpoint;
 pub mod lease;
+pub mod log_recovery;
 pub mod messages;
 pub mod metadata;
 pub mod metrics;

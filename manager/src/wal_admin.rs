@@ -106,6 +106,35 @@ impl WalAdmin {
         Ok(())
     }
 
+    /// Deletes `shard`'s stream (if any) and creates it again, empty, with its first
+    /// sequence `first` (README "Log faults": the recovered log continues right after the
+    /// base replica's position). Returns the new stream's identity (`created`, ns).
+    pub async fn recreate_stream_at(&self, shard: &ShardId, first: Seq) -> Result<u64, ApiError> {
+        let name = wal::stream_name(shard);
+        self.lease.check()?;
+        let _ = self.js.delete_stream(&name).await;
+        let mut stream = self
+            .js
+            .create_stream(stream::Config {
+                name: name.clone(),
+                description: Some(format!("shardline write-ahead log of shard {shard}")),
+                subjects: vec![wal::subject(shard)],
+                storage: stream::StorageType::File,
+                num_replicas: self.replicas,
+                duplicate_window: Duration::from_secs(120),
+                first_sequence: Some(first.get()),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                ApiError::Unavailable(format!("shard {shard}: cannot re-create stream {name}: {e}"))
+            })?;
+        let info = stream.info().await.map_err(|e| {
+            ApiError::Unavailable(format!("shard {shard}: cannot read stream {name}: {e}"))
+        })?;
+        Ok(info.created.unix_timestamp_nanos().max(0) as u64)
+    }
+
     /// The last sequence of `shard`'s stream, the term of its last entry, and the latest
     /// marker among its last `scan` entries (`scan` 0: only the last entry is read).
     pub async fn tail(&self, shard: &ShardId, scan: u64) -> Result<Tail, ApiError> {

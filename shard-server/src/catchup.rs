@@ -70,6 +70,19 @@ pub async fn restore_from_peer(server: &Server, shard: &ShardId, store: &Arc<Sto
     }
 }
 
+/// Replaces `store`'s rows and position with a snapshot of `shard` from the server at
+/// `addr` (a log recovery's re-seed from the base replica, `Server::adopt_log`).
+pub async fn copy_snapshot(
+    server: &Server,
+    shard: &ShardId,
+    addr: &str,
+    store: &Arc<Store>,
+) -> anyhow::Result<Seq> {
+    let (rows, at) = fetch(server, shard, addr).await?;
+    store::blocking(store, move |s| s.restore(&rows, at)).await?;
+    Ok(at.seq)
+}
+
 /// Asks `addr` for a snapshot of `shard`: its rows (checked against this server's schema)
 /// and the log position they are consistent with.
 async fn fetch(

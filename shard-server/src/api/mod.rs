@@ -19,6 +19,7 @@ pub fn router(server: Arc<Server>, body_limit: usize) -> Router {
     Router::new()
         .route("/heartbeat", get(admin::heartbeat))
         .route("/config", post(admin::config))
+        .route("/adopt_log", post(admin::adopt_log))
         .route("/copy", get(admin::copy).post(admin::copy))
         .route("/read_all", get(admin::read_all).post(admin::read_all))
         .route("/read", get(read::read).post(read::read))

@@ -283,3 +283,58 @@ fn markers_not_above_the_applied_term_are_ignored() {
         assert_eq!(s.existing(&[1, 2, 3, 4]).unwrap(), vec![1, 2, 3]);
     }
 }
+
+/// A replica file made before the log identity existed gains its columns on open (empty);
+/// the identity and the last entry's fingerprint are stored with the position and survive
+/// a reopen; a restore forgets the fingerprint, adopting a log forgets it too.
+#[test]
+fn log_identity_is_migrated_stored_and_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE replica_state (id INTEGER PRIMARY KEY CHECK (id = 1),
+                 applied_seq INTEGER NOT NULL, term INTEGER NOT NULL);
+             INSERT INTO replica_state (id, applied_seq, term) VALUES (1, 7, 2);",
+        )
+        .unwrap();
+    }
+    let s = Store::open(&path, &schema(), SyncMode::Normal).unwrap();
+    assert_eq!(s.position().seq, Seq(7));
+    assert_eq!(s.log_identity(), super::LogIdentity::default());
+    s.set_log_id(u64::MAX - 5).unwrap();
+    let h = super::fingerprint(b"entry 8");
+    assert_ne!(h, super::fingerprint(b"entry 9"));
+    s.apply_hashed(&[(Seq(8), entry(insert(1, "a"), 2))], Some(h))
+        .unwrap();
+    // A redelivery changes nothing, the fingerprint included.
+    s.apply_hashed(&[(Seq(8), entry(insert(1, "a"), 2))], Some(1))
+        .unwrap();
+    drop(s);
+    let s = Store::open(&path, &schema(), SyncMode::Normal).unwrap();
+    let want = super::LogIdentity {
+        log_id: Some(u64::MAX - 5),
+        last_hash: Some(h),
+    };
+    assert_eq!((s.position().seq, s.log_identity()), (Seq(8), want));
+    let (rows, at) = s.snapshot().unwrap();
+    let rows: Vec<Row> = rows
+        .iter()
+        .map(|r| schema().parse_row(r, usize::MAX).unwrap())
+        .collect();
+    s.restore(&rows, at).unwrap();
+    assert_eq!(s.log_identity().last_hash, None);
+    s.apply_hashed(&[(Seq(9), entry(insert(2, "b"), 2))], Some(h))
+        .unwrap();
+    s.set_log_id(3).unwrap();
+    drop(s);
+    let s = Store::open(&path, &schema(), SyncMode::Normal).unwrap();
+    assert_eq!(
+        s.log_identity(),
+        super::LogIdentity {
+            log_id: Some(3),
+            last_hash: None
+        }
+    );
+}
