@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use shardline::meta::{ClusterMeta, Health};
 use shardline::names::ShardId;
@@ -79,24 +79,42 @@ pub async fn copy_from(
     addr: &str,
     store: &Arc<Store>,
 ) -> anyhow::Result<Position> {
-    let path = server.data_dir.join(format!(
+    copy_with(&server.http, &server.data_dir, shard, addr, store).await
+}
+
+/// [`copy_from`] with the server's HTTP client and data directory (what a replica holds).
+pub async fn copy_with(
+    http: &reqwest::Client,
+    data_dir: &Path,
+    shard: &ShardId,
+    addr: &str,
+    store: &Arc<Store>,
+) -> anyhow::Result<Position> {
+    let incoming = Incoming(data_dir.join(format!(
         ".incoming-{shard}-{}.sqlite3",
         uuid::Uuid::new_v4()
-    ));
-    let result = download_and_install(server, shard, addr, store, &path).await;
-    store::remove_db_files(&path);
-    result
+    )));
+    download_and_install(http, shard, addr, store, &incoming.0).await
+}
+
+/// The downloaded file, removed when dropped: after the install, after a failure, or when
+/// the replica stops mid-copy.
+struct Incoming(PathBuf);
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        store::remove_db_files(&self.0);
+    }
 }
 
 async fn download_and_install(
-    server: &Server,
+    http: &reqwest::Client,
     shard: &ShardId,
     addr: &str,
     store: &Arc<Store>,
     path: &Path,
 ) -> anyhow::Result<Position> {
-    let mut resp = server
-        .http
+    let mut resp = http
         .get(format!("http://{addr}/snapshot/{shard}"))
         .timeout(DOWNLOAD_TIMEOUT)
         .send()
@@ -142,6 +160,6 @@ async fn download_and_install(
         at == announced,
         "the snapshot of {shard} from {addr} holds position {at:?} but announced {announced:?}"
     );
-    tracing::info!(shard = %shard, server = %server.name, from = addr, seq = %at.seq, bytes, "snapshot installed");
+    tracing::info!(shard = %shard, from = addr, seq = %at.seq, bytes, "snapshot installed");
     Ok(at)
 }
