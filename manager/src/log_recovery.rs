@@ -36,7 +36,10 @@ pub enum Decision {
     /// Freeze the shard, for this reason.
     Freeze(String),
     /// Recover the frozen shard on this base (its applied sequence).
-    Recover { base: ServerName, applied: Seq },
+    Recover {
+        base: ServerName,
+        applied: Seq,
+    },
     /// Re-seed these replicas (from an earlier log) from the primary.
     Reseed(Vec<ServerName>),
 }
@@ -56,7 +59,9 @@ pub fn decide(sm: &ShardMeta, replicas: &[(ServerName, Option<ReplicaProgress>)]
         let Some((base, p)) = answering.iter().max_by(|(a, pa), (b, pb)| {
             pa.applied
                 .cmp(&pb.applied)
-                .then_with(|| (Some(*a) == sm.primary.as_ref()).cmp(&(Some(*b) == sm.primary.as_ref())))
+                .then_with(|| {
+                    (Some(*a) == sm.primary.as_ref()).cmp(&(Some(*b) == sm.primary.as_ref()))
+                })
                 .then_with(|| b.cmp(a))
         }) else {
             return Decision::Nothing;
@@ -224,7 +229,9 @@ impl<R: Runtime> ControlPlane<R> {
             .as_ref()
             .and_then(|p| meta.servers.get(p))
             .map(|s| s.addr.clone())
-            .ok_or_else(|| ApiError::NoPrimary(format!("shard {}: no primary to copy from", sm.id)))?;
+            .ok_or_else(|| {
+                ApiError::NoPrimary(format!("shard {}: no primary to copy from", sm.id))
+            })?;
         for n in stale {
             let Some(sv) = meta.servers.get(n) else {
                 continue;
@@ -287,7 +294,9 @@ mod tests {
             (name("S3"), None),
         ];
         match decide(&sm, &r) {
-            Decision::Freeze(why) => assert!(why.contains("S2: rolled_back at applied 12"), "{why}"),
+            Decision::Freeze(why) => {
+                assert!(why.contains("S2: rolled_back at applied 12"), "{why}")
+            }
             d => panic!("{d:?}"),
         }
         let healthy = [(name("S1"), at(9, None, 1)), (name("S2"), at(9, None, 1))];
@@ -311,7 +320,17 @@ mod tests {
         ];
         assert!(matches!(decide(&sm, &all), Decision::Freeze(_)));
         // Only a minority answered: cannot tell.
-        assert_eq!(decide(&sm, &all[..1].iter().cloned().chain([(name("S9"), None), (name("S8"), None)]).collect::<Vec<_>>()), Decision::Nothing);
+        assert_eq!(
+            decide(
+                &sm,
+                &all[..1]
+                    .iter()
+                    .cloned()
+                    .chain([(name("S9"), None), (name("S8"), None)])
+                    .collect::<Vec<_>>()
+            ),
+            Decision::Nothing
+        );
     }
 
     #[test]
@@ -351,7 +370,17 @@ mod tests {
             }
         );
         // A minority answering: wait.
-        assert_eq!(decide(&sm, &r[1..].iter().cloned().chain([(name("S4"), None)]).collect::<Vec<_>>()), Decision::Nothing);
+        assert_eq!(
+            decide(
+                &sm,
+                &r[1..]
+                    .iter()
+                    .cloned()
+                    .chain([(name("S4"), None)])
+                    .collect::<Vec<_>>()
+            ),
+            Decision::Nothing
+        );
     }
 
     #[test]

@@ -127,7 +127,9 @@ impl WalAdmin {
             })
             .await
             .map_err(|e| {
-                ApiError::Unavailable(format!("shard {shard}: cannot re-create stream {name}: {e}"))
+                ApiError::Unavailable(format!(
+                    "shard {shard}: cannot re-create stream {name}: {e}"
+                ))
             })?;
         let info = stream.info().await.map_err(|e| {
             ApiError::Unavailable(format!("shard {shard}: cannot read stream {name}: {e}"))

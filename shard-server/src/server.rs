@@ -151,6 +151,8 @@ impl Server {
                 meta: self.meta.clone(),
                 commit_timeout: self.commit_timeout,
                 max_queued_writes: self.max_queued_writes,
+                http: self.http.clone(),
+                data_dir: self.data_dir.clone(),
             },
         )
     }
@@ -189,7 +191,7 @@ impl Server {
         store: &Arc<Store>,
     ) -> Result<Seq, ApiError> {
         if let Some(addr) = from {
-            crate::catchup::copy_snapshot(self, shard, addr, store)
+            crate::catchup::copy_from(self, shard, addr, store)
                 .await
                 .map_err(|e| {
                     ApiError::Unavailable(format!(
@@ -201,8 +203,12 @@ impl Server {
         let unavailable = |e: String| {
             ApiError::Unavailable(format!("shard {shard}: cannot read stream {name}: {e}"))
         };
-        let mut stream = (self.js.get_stream(&name).await).map_err(|e| unavailable(e.to_string()))?;
-        let info = stream.info().await.map_err(|e| unavailable(e.to_string()))?;
+        let mut stream =
+            (self.js.get_stream(&name).await).map_err(|e| unavailable(e.to_string()))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
         let at = store.position().seq;
         let (first, last) = (info.state.first_sequence, info.state.last_sequence);
         if first > at.get() + 1 || last < at.get() {

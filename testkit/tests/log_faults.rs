@@ -43,7 +43,11 @@ async fn jetstream_identity_and_first_sequence() {
     let js = js_of(&nats).await;
     let mut s = js.create_stream(wal_config("IDT", None)).await.unwrap();
     for _ in 0..3 {
-        js.publish("idt.x", "e".into()).await.unwrap().await.unwrap();
+        js.publish("idt.x", "e".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
     let created = s.info().await.unwrap().created;
     nats.restart().await;
@@ -56,7 +60,11 @@ async fn jetstream_identity_and_first_sequence() {
     // Purge up to (not including) a sequence past the end.
     s.purge().sequence(7).await.unwrap();
     let st = s.info().await.unwrap().state.clone();
-    assert_eq!((st.first_sequence, st.last_sequence), (7, 6), "purge past the end");
+    assert_eq!(
+        (st.first_sequence, st.last_sequence),
+        (7, 6),
+        "purge past the end"
+    );
 
     // Deleted and re-created: another `created`, and `first_seq` is honoured.
     js.delete_stream("IDT").await.unwrap();
@@ -67,7 +75,12 @@ async fn jetstream_identity_and_first_sequence() {
         (info.state.first_sequence, info.state.last_sequence),
         (42, 41)
     );
-    let ack = js.publish("idt.x", "e".into()).await.unwrap().await.unwrap();
+    let ack = js
+        .publish("idt.x", "e".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     assert_eq!(ack.sequence, 42);
     // An expected-last-sequence publish on the empty re-created stream.
     js.delete_stream("IDT").await.unwrap();
@@ -106,7 +119,11 @@ async fn write_keys(c: &LocalCluster, keys: impl IntoIterator<Item = i64>) {
             done
         })
         .await;
-        assert!(acked, "write of {k} never acknowledged: {:?}", last.lock().unwrap());
+        assert!(
+            acked,
+            "write of {k} never acknowledged: {:?}",
+            last.lock().unwrap()
+        );
     }
 }
 
@@ -212,12 +229,20 @@ async fn refuses_service(c: &LocalCluster, addr: &str) {
     for level in ["any", "primary"] {
         let url = format!("http://{addr}/read?consistency={level}");
         let (code, v) = testkit::http::send(c.client(), Method::POST, &url, Some(&read)).await;
-        assert_eq!((code, v["code"].as_str()), (503, Some("log_fault")), "{level} read: {v}");
+        assert_eq!(
+            (code, v["code"].as_str()),
+            (503, Some("log_fault")),
+            "{level} read: {v}"
+        );
         assert_eq!(v["outcome"], "not_applied", "{v}");
     }
     let row = json!({"data": [{"Stud_id": 4000, "Stud_name": "no", "Stud_marks": 1}]});
     let (code, v) = c.post("/write", &row).await;
-    assert_eq!((code, v["code"].as_str()), (503, Some("log_fault")), "write: {v}");
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (503, Some("log_fault")),
+        "write: {v}"
+    );
     let page = text(c, &format!("http://{addr}/metrics")).await;
     assert_eq!(
         metric(&page, "shardline_server_log_fault{shard=\"sh1\"}"),
@@ -258,7 +283,10 @@ async fn rollback_of_the_nats_store_is_detected_and_recovered() {
     replicas_agree(&c).await;
 
     // Only the primary keeps running, so the shard stays frozen for a while.
-    let primary = sh1(&status(&c).await)["primary"].as_str().unwrap().to_owned();
+    let primary = sh1(&status(&c).await)["primary"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let others: Vec<&str> = ["Server0", "Server1", "Server2"]
         .into_iter()
         .filter(|s| *s != primary)
@@ -286,7 +314,10 @@ async fn rollback_of_the_nats_store_is_detected_and_recovered() {
     let rows = replicas_agree(&c).await;
     assert_eq!(rows.as_array().unwrap().len(), want.len(), "{rows}");
     let page = text(&c, &format!("{}/metrics", c.manager_url())).await;
-    assert!(metric(&page, "shardline_manager_log_recoveries_total") >= 1.0, "{page}");
+    assert!(
+        metric(&page, "shardline_manager_log_recoveries_total") >= 1.0,
+        "{page}"
+    );
 }
 
 async fn wal(c: &LocalCluster) -> stream::Stream {
@@ -318,7 +349,10 @@ async fn purge_past_every_replica_is_detected_and_recovered() {
     let keys: Vec<i64> = (0..12).collect();
     write_keys(&c, keys.clone()).await;
     let last = all_caught_up(&c).await;
-    let primary = sh1(&status(&c).await)["primary"].as_str().unwrap().to_owned();
+    let primary = sh1(&status(&c).await)["primary"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let away = ["Server0", "Server1", "Server2"]
         .into_iter()
         .find(|s| *s != primary)
@@ -345,7 +379,10 @@ async fn purge_past_every_replica_is_detected_and_recovered() {
     let st = status(&c).await;
     assert!(sh1(&st).get("fault").is_none(), "{st}");
     let log = fs::read_to_string(c.servers_dir().join(&primary).join("server.log")).unwrap();
-    assert!(log.contains("fault=behind_first"), "no behind_first report on {primary}");
+    assert!(
+        log.contains("fault=behind_first"),
+        "no behind_first report on {primary}"
+    );
 }
 
 /// The stream deleted and re-created by hand (empty, starting at 1 again, where no replica
@@ -357,7 +394,10 @@ async fn stream_deleted_and_recreated_by_hand_is_detected_and_recovered() {
     let keys: Vec<i64> = (0..8).collect();
     write_keys(&c, keys.clone()).await;
     all_caught_up(&c).await;
-    let primary = sh1(&status(&c).await)["primary"].as_str().unwrap().to_owned();
+    let primary = sh1(&status(&c).await)["primary"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let others: Vec<&str> = ["Server0", "Server1", "Server2"]
         .into_iter()
         .filter(|s| *s != primary)

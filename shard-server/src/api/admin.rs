@@ -8,7 +8,8 @@ use axum::extract::State;
 use axum::Json;
 use shardline::body::ApiJson;
 use shardline::internal::{
-    AdoptLogRequest, ConfigRequest, CopyRequest, CopyResponse, Done, Heartbeat, ServerRows, Snapshot, Status,
+    AdoptLogRequest, ConfigRequest, CopyRequest, CopyResponse, Done, Heartbeat, ServerRows,
+    Snapshot, Status,
 };
 use shardline::schema::Schema;
 use shardline::ApiError;

@@ -53,6 +53,8 @@ impl Replica {
     /// Follows the stream from the stored position until an error.
     async fn apply_stream(&self) -> anyhow::Result<()> {
         let started = Instant::now();
+        // Entries this replica still needs may have been purged: then it re-seeds first.
+        self.reseed_if_purged().await?;
         let mut stream = match self.js.get_stream(wal::stream_name(&self.shard)).await {
             Ok(s) => s,
             Err(e) if super::logcheck::not_found(&e) => {
@@ -180,9 +182,10 @@ impl Replica {
         // The last entry's fingerprint, stored with the position (`logcheck`).
         let hash = entries.last().map(|(_, p)| store::fingerprint(p));
         if self.store.is_durable() || bytes > IN_PLACE_BYTES {
-            let done =
-                store::blocking(&self.store, move |s| s.apply_hashed(&decode(&entries), hash))
-                    .await;
+            let done = store::blocking(&self.store, move |s| {
+                s.apply_hashed(&decode(&entries), hash)
+            })
+            .await;
             // Let the tasks that waited meanwhile run before the next batch.
             tokio::task::yield_now().await;
             done

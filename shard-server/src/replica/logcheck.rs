@@ -12,16 +12,17 @@
 //! - the first sequence is past the next one needed: `behind_first`. Only this one is not
 //!   latched: a re-seed from a peer that still has the entries clears it.
 //!
-//! A replica with a fault serves no reads and no writes for the shard (`log_fault`), logs it
-//! at error once, reports it in its heartbeat and sets `shardline_server_log_fault{shard}`;
-//! a latched fault also stops its applier. The manager freezes the shard and recovers it
+//! A replica with a fault logs it at error once, reports it in its heartbeat and sets
+//! `shardline_server_log_fault{shard}`; a latched fault also stops its applier and makes the
+//! replica refuse reads and writes of the shard (`log_fault`), as every replica does once the
+//! manager froze the shard. The manager freezes the shard and recovers it
 //! (`manager/src/log_recovery.rs`); `/adopt_log` then starts a new replica on the agreed log.
 
 use std::sync::atomic::Ordering;
 
 use async_nats::jetstream::context::GetStreamErrorKind;
-use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::stream;
+use async_nats::jetstream::ErrorCode;
 use shardline::internal::LogFaultKind;
 use shardline::{ApiError, Seq};
 
@@ -94,8 +95,7 @@ impl Replica {
 
     /// Whether a fault stops the applier for good (every kind but `behind_first`).
     pub(super) fn latched(&self) -> bool {
-        self.fault()
-            .is_some_and(|k| k != LogFaultKind::BehindFirst)
+        self.fault().is_some_and(|k| k != LogFaultKind::BehindFirst)
     }
 
     /// Records a fault: logged at error and counted once per kind; a latched fault is never
@@ -130,13 +130,20 @@ impl Replica {
     }
 
     /// Refuses service when this replica found a log fault or the manager froze the shard.
+    /// (`behind_first` alone is the re-seed's business: the replica is recovering, and
+    /// refuses as such, until it re-seeded or the manager froze the shard.)
     pub fn check_log_serving(&self) -> Result<(), ApiError> {
-        if let Some(f) = lock(&self.fault).as_ref() {
+        let fault = lock(&self.fault);
+        if let Some(f) = fault
+            .as_ref()
+            .filter(|f| f.kind != LogFaultKind::BehindFirst)
+        {
             return Err(ApiError::LogFault(format!(
                 "shard {}: server {} found a log fault ({}): {}; the shard serves nothing until it is recovered",
                 self.shard, self.server, f.kind, f.detail
             )));
         }
+        drop(fault);
         let frozen = self
             .meta
             .borrow()
