@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
 use testkit::{json, wait_until, LocalCluster, Method, Nats, Value};
@@ -243,6 +243,14 @@ async fn refuses_service(c: &LocalCluster, addr: &str) {
         (503, Some("log_fault")),
         "write: {v}"
     );
+    assert_eq!(v["outcome"], "not_applied", "{v}");
+    let read = json!({"Stud_id": {"low": KEYS.0, "high": KEYS.1}});
+    let (code, v) = c.post("/read", &read).await;
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (503, Some("log_fault")),
+        "gateway read: {v}"
+    );
     let page = text(c, &format!("http://{addr}/metrics")).await;
     assert_eq!(
         metric(&page, "shardline_server_log_fault{shard=\"sh1\"}"),
@@ -299,15 +307,25 @@ async fn rollback_of_the_nats_store_is_detected_and_recovered() {
     fs::remove_dir_all(&store).unwrap();
     copy_dir(copy.path(), &store);
     c.nats_mut().restart().await;
+    let t = Instant::now();
 
     let fault = wait_frozen(&c).await;
+    println!(
+        "rollback: frozen {:?} after NATS came back: {fault}",
+        t.elapsed()
+    );
     assert!(fault.contains("rolled_back"), "{fault}");
     refuses_service(&c, &server_addr(&c, &primary)).await;
 
     for s in &others {
         c.cont_server(s);
     }
+    let t = Instant::now();
     wait_recovered(&c, 200).await;
+    println!(
+        "rollback: recovered and writable {:?} after a majority answered",
+        t.elapsed()
+    );
     let mut want: BTreeSet<i64> = w1.into_iter().chain(w2).collect();
     want.insert(200);
     assert_eq!(keys_read(&c).await, want);
@@ -360,6 +378,7 @@ async fn purge_past_every_replica_is_detected_and_recovered() {
     c.stop_server(away);
     let purged = wal(&c).await.purge().sequence(last + 3).await.unwrap();
     assert!(purged.success);
+    let t = Instant::now();
 
     let page_has_fault = wait_until(WITHIN, || async {
         let page = text(&c, &format!("{}/metrics", c.manager_url())).await;
@@ -368,6 +387,10 @@ async fn purge_past_every_replica_is_detected_and_recovered() {
     .await;
     assert!(page_has_fault, "the manager never froze sh1");
     wait_recovered(&c, 300).await;
+    println!(
+        "purge: frozen, recovered and writable {:?} after the purge",
+        t.elapsed()
+    );
     c.cont_server(away);
     let mut want: BTreeSet<i64> = keys.into_iter().collect();
     want.insert(300);
@@ -409,8 +432,10 @@ async fn stream_deleted_and_recreated_by_hand_is_detected_and_recovered() {
     let config = wal(&c).await.info().await.unwrap().config.clone();
     js.delete_stream("WAL_sh1").await.unwrap();
     js.create_stream(config).await.unwrap();
+    let t = Instant::now();
 
     let fault = wait_frozen(&c).await;
+    println!("re-created: frozen {:?} after: {fault}", t.elapsed());
     assert!(
         fault.contains("recreated") || fault.contains("missing"),
         "{fault}"
@@ -428,4 +453,68 @@ async fn stream_deleted_and_recreated_by_hand_is_detected_and_recovered() {
     // The recovered stream continues after the replicas' position, not at 1.
     let first = wal(&c).await.info().await.unwrap().state.first_sequence;
     assert!(first > 8, "first sequence {first}");
+}
+
+/// Rolled back and then refilled past every replica's position while the replicas were
+/// paused (so no poll saw the stream end below them): the stream's last sequence is fine,
+/// but the entry at each replica's applied sequence is not the one it applied. The
+/// fingerprint stored with the position catches it (`rewritten`); the shard is recovered
+/// with every acknowledged write, and none of the foreign entries.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolled_back_then_refilled_log_is_caught_by_the_fingerprint() {
+    let mut c = start_one_shard().await;
+    let w1: Vec<i64> = (0..5).collect();
+    write_keys(&c, w1.clone()).await;
+    let copy = tempfile::tempdir().unwrap();
+    c.nats_mut().stop();
+    copy_dir(c.nats().store_dir(), copy.path());
+    c.nats_mut().restart().await;
+    let w2: Vec<i64> = (100..110).collect();
+    write_keys(&c, w2.clone()).await;
+    let applied = all_caught_up(&c).await;
+
+    let servers = ["Server0", "Server1", "Server2"];
+    for s in servers {
+        c.stop_server(s);
+    }
+    c.nats_mut().stop();
+    let store = c.nats().store_dir().to_path_buf();
+    fs::remove_dir_all(&store).unwrap();
+    copy_dir(copy.path(), &store);
+    c.nats_mut().restart().await;
+    let js = js_of(c.nats()).await;
+    let last = wal(&c).await.info().await.unwrap().state.last_sequence;
+    assert!(last < applied, "the copy ends at {last}, applied {applied}");
+    // Someone else's entries, up to past what the replicas applied: each a valid insert of
+    // the current term, so a replica that trusted them would apply them.
+    let term = sh1(&status(&c).await)["term"].as_u64().unwrap();
+    for i in last..applied + 2 {
+        let entry = json!({"op": "insert", "rows": [{"Stud_id": 3000 + i as i64, "Stud_name": "foreign", "Stud_marks": 0}],
+                           "term": term, "by": "intruder", "ts_ms": 0});
+        js.publish("wal.sh1", entry.to_string().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // One replica back first: it finds the fault, and the shard stays frozen while it is
+    // the only one answering.
+    c.cont_server(servers[0]);
+    let t = Instant::now();
+    let fault = wait_frozen(&c).await;
+    println!(
+        "refilled: frozen {:?} after a replica resumed: {fault}",
+        t.elapsed()
+    );
+    assert!(fault.contains("Server0: rewritten"), "{fault}");
+    refuses_service(&c, &server_addr(&c, servers[0])).await;
+    for s in &servers[1..] {
+        c.cont_server(s);
+    }
+    wait_recovered(&c, 500).await;
+    let mut want: BTreeSet<i64> = w1.into_iter().chain(w2).collect();
+    want.insert(500);
+    assert_eq!(keys_read(&c).await, want);
+    let rows = replicas_agree(&c).await;
+    assert_eq!(rows.as_array().unwrap().len(), want.len(), "{rows}");
 }
