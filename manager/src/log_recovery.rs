@@ -16,18 +16,34 @@
 //!   adopts it too (`/adopt_log`); the metadata records the new stream's identity
 //!   (`log_id`) and drops the fault and the primary, and an election appends the new term's
 //!   marker;
+//! - an operator may recover a frozen shard on a base of their choice at once, majority or
+//!   not: `POST /recover {"shard", "base"}` on the manager;
 //! - **re-seed** a replica that reports `recreated` with an identity other than the one a
 //!   recovery recorded (it was away during the recovery): it copies the primary's snapshot.
 
 use std::collections::BTreeMap;
 
-use shardline::internal::{AdoptLogRequest, Heartbeat, LogFaultKind, ReplicaProgress};
+use std::time::Duration;
+
+use serde::Deserialize;
+use shardline::internal::{AdoptLogRequest, Done, Heartbeat, LogFaultKind, ReplicaProgress};
 use shardline::meta::{ClusterMeta, ShardMeta};
 use shardline::names::{ServerName, ShardId};
 use shardline::{ApiError, Seq};
 
 use crate::control_plane::{not_configured, ControlPlane};
 use crate::runtime::Runtime;
+
+/// How long each replica has to answer the heartbeat of an operator's `/recover`.
+const OPERATOR_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `POST /recover` on the manager: recover frozen `shard` on replica `base`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverRequest {
+    pub shard: ShardId,
+    pub base: ServerName,
+}
 
 /// What to do about one shard this round.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,6 +232,56 @@ impl<R: Runtime> ControlPlane<R> {
         // The new term's marker; if this fails the monitor elects in its next round.
         self.elect(shard, &[]).await?;
         Ok(())
+    }
+
+    /// `POST /recover` (README "Log faults"): the operator recovers frozen `shard` on
+    /// `base` now, whether or not a majority answers (its choice of base wins over the
+    /// rule's). The replicas that do not answer are re-seeded when they report back.
+    pub async fn recover_on(&self, req: RecoverRequest) -> Result<Done, ApiError> {
+        let meta = self.meta.fresh().await?.ok_or_else(not_configured)?;
+        let sm = meta
+            .shard(req.shard.as_str())
+            .cloned()
+            .ok_or_else(|| ApiError::NotFound(format!("unknown shard {}", req.shard)))?;
+        if sm.fault.is_none() {
+            return Err(ApiError::Conflict(format!(
+                "shard {} is not frozen after a log fault: nothing to recover",
+                sm.id
+            )));
+        }
+        if !meta.replicas(sm.id.as_str()).any(|r| *r == req.base) {
+            return Err(ApiError::BadRequest(format!(
+                "`base`: {} holds no replica of shard {}",
+                req.base, sm.id
+            )));
+        }
+        let mut replicas = Vec::new();
+        for n in meta.replicas(sm.id.as_str()) {
+            let sv = &meta.servers[n];
+            let beat = self.client.heartbeat(n, &sv.addr, OPERATOR_TIMEOUT).await;
+            let p = beat.and_then(|b| b.shards.get(&sm.id).copied());
+            replicas.push((n.clone(), p));
+        }
+        let applied = replicas
+            .iter()
+            .find(|(n, _)| *n == req.base)
+            .and_then(|(_, p)| p.as_ref())
+            .map(|p| p.applied)
+            .ok_or_else(|| {
+                ApiError::Unavailable(format!(
+                    "base {} does not answer for shard {}",
+                    req.base, sm.id
+                ))
+            })?;
+        tracing::warn!(shard = %sm.id, base = %req.base, "log recovery asked by the operator");
+        self.recover(&meta, &sm, &replicas, &req.base, applied)
+            .await?;
+        Ok(Done::new(format!(
+            "shard {} recovered on {}: its log continues from sequence {}",
+            sm.id,
+            req.base,
+            applied.next()
+        )))
     }
 
     async fn reseed(

@@ -518,3 +518,115 @@ async fn a_rolled_back_then_refilled_log_is_caught_by_the_fingerprint() {
     let rows = replicas_agree(&c).await;
     assert_eq!(rows.as_array().unwrap().len(), want.len(), "{rows}");
 }
+
+/// `data/nats` wiped while the servers' directories are kept: the streams are gone (and the
+/// metadata with them, so there is nothing to freeze or recover from). Every replica finds
+/// its stream `missing` and refuses reads of the shard rather than serving rows no log backs
+/// any more, or applying a new log from sequence 1 on top of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wiped_nats_store_is_detected_by_every_replica() {
+    let mut c = start_one_shard().await;
+    write_keys(&c, 0..6).await;
+    all_caught_up(&c).await;
+    let addrs: Vec<(&str, String)> = ["Server0", "Server1", "Server2"]
+        .into_iter()
+        .map(|s| (s, server_addr(&c, s)))
+        .collect();
+    c.nats_mut().stop();
+    let store = c.nats().store_dir().to_path_buf();
+    fs::remove_dir_all(&store).unwrap();
+    fs::create_dir_all(&store).unwrap();
+    c.nats_mut().restart().await;
+    let read = json!({"shard": "sh1", "Stud_id": {"low": KEYS.0, "high": KEYS.1}});
+    for (name, addr) in &addrs {
+        let url = format!("http://{addr}/read");
+        let last = Mutex::new(Value::Null);
+        let (url, read, lastr, c) = (&url, &read, &last, &c);
+        let refused = wait_until(WITHIN, || async move {
+            let (code, v) = testkit::http::send(c.client(), Method::POST, url, Some(read)).await;
+            let refused = code == 503 && v["code"] == "log_fault";
+            *lastr.lock().unwrap() = v;
+            refused
+        })
+        .await;
+        let last = last.into_inner().unwrap();
+        assert!(refused, "{name} did not refuse: {last}");
+        assert!(
+            last["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("missing"),
+            "{last}"
+        );
+        let log = fs::read_to_string(c.servers_dir().join(name).join("server.log")).unwrap();
+        assert!(
+            log.contains("fault=missing"),
+            "no missing fault in {name}'s log"
+        );
+    }
+}
+
+/// The operator's override: `POST /recover` on the manager recovers a frozen shard on the
+/// base it names at once, though only that replica answers; bad requests are refused with
+/// the problem named. The replicas that were away come back on the old log and are re-seeded
+/// from the base.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_recovers_a_frozen_shard_on_the_base_it_names() {
+    let c = start_one_shard().await;
+    let keys: Vec<i64> = (0..7).collect();
+    write_keys(&c, keys.clone()).await;
+    all_caught_up(&c).await;
+    let (code, v) = c
+        .manager_post("/recover", json!({"shard": "sh1", "base": "Server0"}))
+        .await;
+    assert_eq!((code, v["code"].as_str()), (409, Some("conflict")), "{v}");
+
+    let base = "Server1";
+    let others = ["Server0", "Server2"];
+    for s in others {
+        c.stop_server(s);
+    }
+    let js = js_of(c.nats()).await;
+    let config = wal(&c).await.info().await.unwrap().config.clone();
+    js.delete_stream("WAL_sh1").await.unwrap();
+    js.create_stream(config).await.unwrap();
+    wait_frozen(&c).await;
+
+    for (body, status, code) in [
+        (json!({"shard": "sh9", "base": base}), 404, "not_found"),
+        (
+            json!({"shard": "sh1", "base": "Server7"}),
+            400,
+            "bad_request",
+        ),
+        (json!({"shard": "sh1"}), 400, "bad_request"),
+        (
+            json!({"shard": "sh1", "base": "Server0"}),
+            503,
+            "unavailable",
+        ), // paused
+    ] {
+        let (got, v) = c.manager_post("/recover", &body).await;
+        assert_eq!(
+            (got, v["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {v}"
+        );
+    }
+    let (code, v) = c
+        .manager_post("/recover", json!({"shard": "sh1", "base": base}))
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let st = status(&c).await;
+    assert!(sh1(&st).get("fault").is_none(), "{st}");
+
+    for s in others {
+        c.cont_server(s);
+    }
+    wait_recovered(&c, 600).await;
+    let mut want: BTreeSet<i64> = keys.into_iter().collect();
+    want.insert(600);
+    assert_eq!(keys_read(&c).await, want);
+    let rows = replicas_agree(&c).await;
+    assert_eq!(rows.as_array().unwrap().len(), want.len(), "{rows}");
+}
