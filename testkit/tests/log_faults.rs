@@ -82,13 +82,15 @@ async fn jetstream_identity_and_first_sequence() {
         .await
         .unwrap();
     assert_eq!(ack.sequence, 42);
-    // An expected-last-sequence publish on the empty re-created stream.
-    js.delete_stream("IDT").await.unwrap();
-    js.create_stream(wal_config("IDT", Some(42))).await.unwrap();
+    // An expected-last-sequence publish (an election's marker) on an empty stream created
+    // with `first_seq`. (A stream of another name: one deleted and at once created again can
+    // come back with its old messages, while nats-server removes its files in the background,
+    // so the manager checks what it re-created, `WalAdmin::recreate_stream_at`.)
+    js.create_stream(wal_config("IDU", Some(42))).await.unwrap();
     let msg = jetstream::message::PublishMessage::build()
         .payload("m".into())
         .expected_last_sequence(41);
-    let ack = js.send_publish("idt.x", msg).await.unwrap().await.unwrap();
+    let ack = js.send_publish("idu.x", msg).await.unwrap().await.unwrap();
     assert_eq!(ack.sequence, 42);
 }
 
