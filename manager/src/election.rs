@@ -321,6 +321,16 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_that_found_a_log_fault_is_never_elected() {
+        let mut faulty = candidate("S1", Health::Up, Some((90, false)));
+        if let Some(p) = faulty.progress.as_mut() {
+            p.fault = Some(shardline::internal::LogFaultKind::RolledBack);
+        }
+        let c = [faulty, candidate("S2", Health::Up, Some((10, false)))];
+        assert_eq!(winner(&c), Some(("S2".into(), 10)));
+    }
+
+    #[test]
     fn a_replica_cut_off_from_nats_is_never_elected() {
         let mut cut = candidate("S1", Health::Up, Some((90, false)));
         cut.nats_connected = false;

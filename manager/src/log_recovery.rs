@@ -205,14 +205,15 @@ impl<R: Runtime> ControlPlane<R> {
                 if n == base || p.is_none() {
                     continue; // the base, or away: re-seeded when it reports back
                 }
-                self.client
+                // One that fails keeps the old log's identity: re-seeded from the primary
+                // once the shard is unfrozen, like a replica that was away.
+                let seeded = self
+                    .client
                     .adopt_log(&addr(n)?, &adopt(Some(base_addr.clone())))
-                    .await
-                    .map_err(|e| {
-                        ApiError::Unavailable(format!(
-                            "{n} did not re-seed from the base {base}: {e}"
-                        ))
-                    })?;
+                    .await;
+                if let Err(e) = seeded {
+                    tracing::warn!(shard = %shard, server = %n, base = %base, error = %e, "replica did not re-seed from the base; it will be re-seeded later");
+                }
             }
             self.meta
                 .update(|m| {
