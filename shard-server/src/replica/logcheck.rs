@@ -3,7 +3,7 @@
 //! that answer), against what it stored with its rows: the stream's identity (its `created`
 //! time) and the fingerprint of the entry at its applied sequence.
 //!
-//! - the stream is gone: `missing`;
+//! - the stream is gone (for [`MISSING_GRACE`]): `missing`;
 //! - another stream of the same name (deleted and re-created): `recreated`;
 //! - the stream's last sequence is below the applied one (a rolled-back store): `rolled_back`;
 //! - the entry at the applied sequence is another one (rolled back, then refilled):
@@ -19,6 +19,7 @@
 //! (`manager/src/log_recovery.rs`); `/adopt_log` then starts a new replica on the agreed log.
 
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream;
@@ -28,6 +29,9 @@ use shardline::{ApiError, Seq};
 
 use super::{lock, Replica};
 use crate::store::{fingerprint, LogIdentity};
+
+/// How long a stream must keep being "not found" before it is reported `missing`.
+pub const MISSING_GRACE: Duration = Duration::from_secs(1);
 
 /// A fault found: its kind and what was seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +170,7 @@ impl Replica {
         stream: &stream::Stream,
         info: &stream::Info,
     ) -> anyhow::Result<()> {
+        self.stream_found();
         let stored = self.store.log_identity();
         let applied = self.store.position().seq;
         let created = log_id(info);
@@ -202,6 +207,7 @@ impl Replica {
 
     /// The stream poll's answer (see `fresh`): `applied_before` read before asking.
     pub(super) fn check_polled(&self, info: &stream::Info, applied_before: Seq) {
+        self.stream_found();
         let stored = self.store.log_identity();
         if stored.log_id.is_none() {
             return; // the applier has not looked yet
@@ -221,8 +227,20 @@ impl Replica {
         }
     }
 
-    /// The poll found no stream of the shard's name.
+    /// The stream was found (any answer about it): a later "not found" starts a new grace.
+    pub(super) fn stream_found(&self) {
+        *lock(&self.missing_since) = None;
+    }
+
+    /// JetStream says the stream does not exist. Reported once that has lasted
+    /// [`MISSING_GRACE`] (asked again by the poll and the applier's restarts meanwhile), so
+    /// a "not found" answered while a NATS server is still recovering its streams after a
+    /// restart is not taken for a lost log.
     pub(super) fn stream_missing(&self) {
+        let since = *lock(&self.missing_since).get_or_insert_with(Instant::now);
+        if since.elapsed() < MISSING_GRACE {
+            return;
+        }
         self.report_fault(Fault {
             kind: LogFaultKind::Missing,
             detail: format!(

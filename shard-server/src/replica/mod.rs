@@ -79,6 +79,8 @@ pub struct Replica {
     fresh: fresh::Freshness,
     /// A log fault this replica found (`logcheck`).
     fault: Mutex<Option<logcheck::Fault>>,
+    /// Since when JetStream has said the stream does not exist (`logcheck`).
+    missing_since: Mutex<Option<std::time::Instant>>,
     /// The identity of the stream it follows, as stored (0: not known yet).
     log_id: AtomicU64,
     /// Writes waiting to commit, for `stalled_ms`.
@@ -115,6 +117,7 @@ impl Replica {
             applied_changed: Notify::new(),
             fresh: fresh::Freshness::new(),
             fault: Mutex::new(None),
+            missing_since: Mutex::new(None),
             log_id,
             inflight: inflight::InFlight::default(),
             pending: Mutex::new(HashMap::new()),
