@@ -97,6 +97,26 @@ pub async fn copy_with(
     download_and_install(http, shard, addr, store, &incoming.0).await
 }
 
+/// Removes the snapshot files a previous process of this server left in `data_dir` when it
+/// was killed while serving (`.snapshot-*`) or receiving (`.incoming-*`) one. Call it before
+/// anything can make new ones. Returns how many it removed.
+pub fn remove_stale_files(data_dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if (name.starts_with(".snapshot-") || name.starts_with(".incoming-"))
+            && std::fs::remove_file(e.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// The downloaded file, removed when dropped: after the install, after a failure, or when
 /// the replica stops mid-copy.
 struct Incoming(PathBuf);
@@ -162,4 +182,33 @@ async fn download_and_install(
     );
     tracing::info!(shard = %shard, from = addr, seq = %at.seq, bytes, "snapshot installed");
     Ok(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_snapshot_files_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            ".snapshot-sh1-1.sqlite3",
+            ".incoming-sh1-2.sqlite3",
+            ".incoming-sh1-2.sqlite3-journal",
+            "sh1.db",
+            "sh1.db-wal",
+            "server.log",
+        ] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        assert_eq!(remove_stale_files(dir.path()), 3);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["server.log", "sh1.db", "sh1.db-wal"]);
+        assert_eq!(remove_stale_files(&dir.path().join("missing")), 0);
+    }
 }

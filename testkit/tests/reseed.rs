@@ -325,3 +325,205 @@ async fn with_no_healthy_peer_it_waits_recovering_then_reseeds() {
     let rows = wait_same_rows(&c, &victim, &primary).await;
     assert!(rows.as_array().unwrap().iter().any(|r| r["Stud_id"] == 204));
 }
+
+/// `VmHWM` (peak resident set) of `pid`, in KiB.
+fn peak_rss_kib(pid: i32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resets `pid`'s `VmHWM` to its current resident set (Linux `clear_refs` 5).
+fn reset_peak_rss(pid: i32) {
+    let _ = fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// Seconds since midnight of a log line's leading RFC 3339 UTC timestamp.
+fn log_time(line: &str) -> Option<f64> {
+    let time = line.split_whitespace().next()?.split_once('T')?.1;
+    let mut parts = time.trim_end_matches('Z').split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// The first line of `log` containing every one of `needles`.
+fn line_with<'a>(log: &'a str, needles: &[&str]) -> Option<&'a str> {
+    log.lines().find(|l| needles.iter().all(|n| l.contains(n)))
+}
+
+/// The figures of re-seeding one replica of a `rows`-row shard (A1 schema) on three
+/// servers: the stream is purged past a killed secondary, which re-seeds from a peer's
+/// snapshot when respawned. Prints the time from the start of the re-seed (the applier
+/// finding its next entry purged) to the replica following the log, and the peak RSS of
+/// the re-seeded server and of the peer that served the snapshot.
+async fn reseed_figures(rows: i64) {
+    let c = LocalCluster::start().await;
+    c.init(json!({
+        "N": 3,
+        "schema": {"columns": ["Stud_id", "Stud_name", "Stud_marks"],
+                   "dtypes": ["Number", "String", "Number"]},
+        "shards": [{"Stud_id_low": 0, "Shard_id": "big", "Shard_size": rows + 100}],
+        "servers": {"S0": ["big"], "S1": ["big"], "S2": ["big"]}
+    }))
+    .await;
+    let t = Instant::now();
+    let keys: Vec<i64> = (0..rows).collect();
+    for chunk in keys.chunks(10_000) {
+        let data: Vec<Value> = chunk
+            .iter()
+            .map(|&k| json!({"Stud_id": k, "Stud_name": format!("pre-{k}"), "Stud_marks": k % 100}))
+            .collect();
+        let (code, body) = c.post("/write", json!({ "data": data })).await;
+        assert_eq!(code, 200, "preload at {}: {body}", chunk[0]);
+    }
+    println!("preloaded {rows} rows in {:?}", t.elapsed());
+    let st = testkit::check::wait_converged(&c, Duration::from_secs(300))
+        .await
+        .unwrap();
+    let primary = primary_of(&st, "big").unwrap();
+    let victim = ["S0", "S1", "S2"]
+        .into_iter()
+        .find(|s| *s != primary)
+        .unwrap()
+        .to_string();
+
+    assert!(
+        signal(c.manager_pid(), libc::SIGSTOP),
+        "cannot pause the manager"
+    );
+    let old_pid = c.kill_server(&victim);
+    assert!(wait_until(Duration::from_secs(5), || async { !pid_alive(old_pid) }).await);
+    for k in rows..rows + 2 {
+        let (code, body) = c.post("/write", json!({"data": [row(k, "DOWN")]})).await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let js = async_nats::jetstream::new(c.nats().connect().await);
+    let mut stream = js.get_stream("WAL_big").await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    stream.purge().sequence(last).await.unwrap();
+    let peers: Vec<(String, i32)> = ["S0", "S1", "S2"]
+        .into_iter()
+        .filter(|s| *s != victim)
+        .map(|s| (s.to_string(), c.server_pid(s).unwrap()))
+        .collect();
+    for (name, pid) in &peers {
+        reset_peak_rss(*pid);
+        println!(
+            "{name}: {} MiB resident before the copy",
+            peak_rss_kib(*pid) / 1024
+        );
+    }
+    let resumed = Instant::now();
+    assert!(
+        signal(c.manager_pid(), libc::SIGCONT),
+        "cannot resume the manager"
+    );
+
+    let mut addr = None;
+    let cr = &c;
+    let caught_up = wait_until(Duration::from_secs(300), || {
+        addr = c
+            .server_pid(&victim)
+            .filter(|p| *p != old_pid && pid_alive(*p))
+            .and_then(|_| server_addr(&c, &victim));
+        let addr = addr.clone();
+        let url = addr.map(|a| format!("http://{a}/heartbeat"));
+        async move {
+            let Some(url) = url else { return false };
+            let (_, beat) = testkit::http::send(cr.client(), Method::GET, &url, None).await;
+            beat["shards"]["big"]["recovering"] == false
+        }
+    })
+    .await;
+    assert!(
+        caught_up,
+        "{victim} did not re-seed: {}",
+        server_log(&c, &victim)
+    );
+    let total = resumed.elapsed();
+    let log = server_log(&c, &victim);
+    // This process's lines only: from the re-seed's start on.
+    let log = &log[log
+        .rfind("the log no longer holds the next entry")
+        .and_then(|i| log[..i].rfind('\n').map(|n| n + 1))
+        .unwrap_or_else(|| panic!("no re-seed in {victim}'s log"))..];
+    let started = log.lines().next().unwrap();
+    let installed = line_with(log, &["snapshot installed"]).unwrap();
+    let reseeded = line_with(log, &["re-seeded from a peer's snapshot"]).unwrap();
+    let following = line_with(log, &["replica caught up with the log", "shard=big"]).unwrap();
+    let secs = |a: &str, b: &str| log_time(b).unwrap() - log_time(a).unwrap();
+    let peer = reseeded
+        .split_once("peer=")
+        .and_then(|(_, r)| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let bytes = installed
+        .split_once("bytes=")
+        .and_then(|(_, r)| r.split_whitespace().next())
+        .unwrap_or("?");
+    let victim_pid = c.server_pid(&victim).unwrap();
+    println!(
+        "re-seed of a {rows}-row shard ({bytes} bytes of SQLite file): {:.2} s from the start \
+         of the re-seed to following the log (download + install {:.2} s); {total:?} from \
+         the manager resuming (respawn included)",
+        secs(started, following),
+        secs(started, installed),
+    );
+    println!(
+        "peak RSS: re-seeded {victim} {} MiB; serving peer {peer} {} MiB (since just before the copy)",
+        peak_rss_kib(victim_pid) / 1024,
+        peers
+            .iter()
+            .find(|(n, _)| *n == peer)
+            .map(|(_, pid)| peak_rss_kib(*pid) / 1024)
+            .unwrap()
+    );
+
+    // The copy is complete: sample ranges read from it equal the primary's.
+    let primary_addr = server_addr(&c, &primary).unwrap();
+    let addr = addr.unwrap();
+    for low in (0..rows).step_by((rows / 10).max(1) as usize) {
+        let body = json!({"shard": "big", "Stud_id": {"low": low, "high": low + 999}});
+        let (mine, theirs) = (
+            read_from(&c, &addr, &body).await,
+            read_from(&c, &primary_addr, &body).await,
+        );
+        assert_eq!(
+            mine["data"].as_array().map(Vec::len),
+            Some(1000.min((rows - low) as usize))
+        );
+        assert_eq!(mine, theirs, "keys {low}..");
+    }
+}
+
+/// `POST /read` on the server at `addr`, once it serves (within 30 s).
+async fn read_from(c: &LocalCluster, addr: &str, body: &Value) -> Value {
+    let url = format!("http://{addr}/read?consistency=any");
+    let mut last = Value::Null;
+    for _ in 0..600 {
+        let (code, v) = testkit::http::send(c.client(), Method::POST, &url, Some(body)).await;
+        if code == 200 {
+            return v;
+        }
+        last = v;
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    panic!("{url} refused reads: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "slow: preloads 100,000 rows (run with --run-ignored; release binaries: SHARDLINE_BIN_DIR)"]
+async fn reseed_time_100k_row_shard() {
+    reseed_figures(100_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "slow: preloads 1,000,000 rows (run with --run-ignored; release binaries: SHARDLINE_BIN_DIR)"]
+async fn reseed_time_1m_row_shard() {
+    reseed_figures(1_000_000).await;
+}

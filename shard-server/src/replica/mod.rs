@@ -133,6 +133,7 @@ impl Replica {
         replica.spawn(apply::apply_forever(replica.clone()));
         replica.spawn(fresh::poll_forever(replica.clone()));
         replica.spawn(fresh::tick_forever(replica.clone()));
+        replica.spawn(crate::store::reclaim_forever(replica.store.clone()));
         replica
     }
 

@@ -12,10 +12,11 @@
 //! stream's first one. The primary first, then the highest applied.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardline::internal::{Heartbeat, ReplicaProgress};
-use shardline::meta::Health;
+use shardline::meta::{ClusterMeta, Health};
 use shardline::names::ServerName;
 use shardline::{wal, Position, Seq};
 
@@ -25,6 +26,8 @@ use super::Replica;
 /// the second.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(1);
+/// Longest wait for the cluster metadata naming the shard (to find the peers).
+const META_WAIT: Duration = Duration::from_secs(5);
 /// Longest wait for a peer's heartbeat.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -70,6 +73,7 @@ impl Replica {
         let started = Instant::now();
         let mut backoff = RETRY_FIRST;
         let mut told_no_peer = false;
+        let mut told_purged = false;
         loop {
             let mut stream = self.js.get_stream(&name).await?;
             let first = Seq(stream.info().await?.state.first_sequence);
@@ -77,7 +81,9 @@ impl Replica {
             if !needs_reseed(applied, first) {
                 return Ok(());
             }
-            if !self.recovering.swap(true, Ordering::AcqRel) {
+            self.recovering.store(true, Ordering::Release);
+            if !told_purged {
+                told_purged = true;
                 tracing::warn!(
                     shard = %self.shard, server = %self.server, applied = %applied, first = %first,
                     "the log no longer holds the next entry (purged); recovering until re-seeded from a peer"
@@ -134,7 +140,17 @@ impl Replica {
     /// The replicas of this shard that can give a snapshot the log can be followed from
     /// (first sequence `first`), best first.
     async fn healthy_peers(&self, first: Seq) -> Vec<Candidate> {
-        let Some(meta) = self.meta.borrow().clone() else {
+        // A server just started may not have its first metadata document yet.
+        let mut rx = self.meta.clone();
+        let names_shard = |m: &Option<Arc<ClusterMeta>>| {
+            m.as_ref()
+                .is_some_and(|m| m.shard(self.shard.as_str()).is_some())
+        };
+        let meta = match tokio::time::timeout(META_WAIT, rx.wait_for(names_shard)).await {
+            Ok(Ok(m)) => m.clone(),
+            _ => None,
+        };
+        let Some(meta) = meta else {
             return Vec::new();
         };
         let primary = meta

@@ -67,8 +67,7 @@ impl Store {
         w.conn.flush_prepared_statement_cache();
         // The copy went through this store's -wal: move it into the main file and give the
         // space back rather than leave a -wal the size of the shard.
-        w.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        super::space::truncate_wal(&w.conn)?;
         // A file made before the log identity existed gains its columns; the identity
         // comes with the copy (the peer's log, README "Log faults").
         migrate_log_identity(&w.conn)?;
