@@ -18,8 +18,9 @@
 //!   marker;
 //! - an operator may recover a frozen shard on a base of their choice at once, majority or
 //!   not: `POST /recover {"shard", "base"}` on the manager;
-//! - **re-seed** a replica that reports `recreated` with an identity other than the one a
+//! - **re-seed** a replica that reports `recreated` with an identity older than the one a
 //!   recovery recorded (it was away during the recovery): it copies the primary's snapshot.
+//!   Such a replica is never a base, nor counted in the majority, of a later recovery.
 
 use std::collections::BTreeMap;
 
@@ -68,7 +69,15 @@ pub fn decide(sm: &ShardMeta, replicas: &[(ServerName, Option<ReplicaProgress>)]
         .iter()
         .filter_map(|(n, p)| Some((n, p.as_ref()?)))
         .collect();
+    // A replica still on a stream older than the one a recovery agreed on (it was away):
+    // its rows are not the agreed history. (Identities are creation times, so a stream a
+    // recovery in progress created is newer, not older.)
+    let stale = |p: &ReplicaProgress| match (p.log_id, sm.log_id) {
+        (Some(has), Some(agreed)) => has < agreed,
+        _ => false,
+    };
     if sm.fault.is_some() {
+        let answering: Vec<_> = answering.into_iter().filter(|(_, p)| !stale(p)).collect();
         if answering.len() < majority {
             return Decision::Nothing;
         }
@@ -88,12 +97,7 @@ pub fn decide(sm: &ShardMeta, replicas: &[(ServerName, Option<ReplicaProgress>)]
         };
     }
     // A replica that was away while a recovery replaced the stream: not a fault of the log.
-    let stale = |p: &ReplicaProgress| {
-        p.fault == Some(LogFaultKind::Recreated)
-            && sm.log_id.is_some()
-            && p.log_id.is_some()
-            && p.log_id != sm.log_id
-    };
+    let stale = |p: &ReplicaProgress| p.fault == Some(LogFaultKind::Recreated) && stale(p);
     let hard: Vec<String> = answering
         .iter()
         .filter(|(_, p)| !stale(p))
@@ -459,6 +463,21 @@ mod tests {
             (name("S3"), at(20, None, 7)),
         ];
         assert_eq!(decide(&sm, &r), Decision::Reseed(vec![name("S2")]));
+        // Frozen again before it was re-seeded: it is neither the base nor counted.
+        let frozen = shard(Some("x"), "S1", Some(7));
+        let r3 = [
+            (name("S1"), at(20, Some(Recreated), 7)),
+            (name("S2"), at(99, Some(Recreated), 5)),
+            (name("S3"), at(20, None, 9)), // adopted a newer stream: counted
+        ];
+        assert_eq!(
+            decide(&frozen, &r3),
+            Decision::Recover {
+                base: name("S1"),
+                applied: Seq(20)
+            }
+        );
+        assert_eq!(decide(&frozen, &r3[..2]), Decision::Nothing);
         // The recovered stream itself re-created again: a fault.
         let r = [
             (name("S1"), at(20, Some(Recreated), 7)),
