@@ -177,7 +177,11 @@ pub struct Config {
     /// A replica that does not answer holds the WAL floor while it is at most this many
     /// entries behind the stream's end; beyond, it is released and re-seeds from a snapshot
     /// when it returns.
-    #[arg(long, env = "SHARDLINE_WAL_HOLD_MAX_ENTRIES", default_value_t = 1_000_000)]
+    #[arg(
+        long,
+        env = "SHARDLINE_WAL_HOLD_MAX_ENTRIES",
+        default_value_t = 1_000_000
+    )]
     pub wal_hold_max_entries: u64,
 }
 

@@ -49,10 +49,16 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         LAG,
         "WAL entries a replica is behind the most advanced replica of its shard"
     );
-    metrics::describe_gauge!(WAL_FIRST_SEQ, "First sequence still held by the shard's WAL stream");
+    metrics::describe_gauge!(
+        WAL_FIRST_SEQ,
+        "First sequence still held by the shard's WAL stream"
+    );
     metrics::describe_gauge!(WAL_LAST_SEQ, "Last sequence of the shard's WAL stream");
     metrics::describe_gauge!(WAL_BYTES, "Bytes held by the shard's WAL stream");
-    metrics::describe_gauge!(WAL_FLOOR, "Lowest applied sequence among the replicas holding the WAL floor");
+    metrics::describe_gauge!(
+        WAL_FLOOR,
+        "Lowest applied sequence among the replicas holding the WAL floor"
+    );
     metrics::describe_gauge!(WAL_RELEASED, "Silent replicas released from the WAL floor");
     metrics::describe_counter!(WAL_PURGED, "WAL entries purged by the trimmer");
     shardline::telemetry::spawn_upkeep(&handle);

@@ -186,9 +186,11 @@ async fn round<R: Runtime>(
             .get(server)
             .is_some_and(|s| s.shards.contains(shard))
     });
-    memory
-        .released
-        .retain(|(server, shard)| meta.servers.get(server).is_some_and(|s| s.shards.contains(shard)));
+    memory.released.retain(|(server, shard)| {
+        meta.servers
+            .get(server)
+            .is_some_and(|s| s.shards.contains(shard))
+    });
     for s in &meta.shards {
         if let Err(e) = trim_shard(control, js, settings, memory, &meta, &beats, &s.id).await {
             tracing::warn!(shard = %s.id, error = %e, "trimming the shard's stream failed");
@@ -244,20 +246,25 @@ async fn trim_shard<R: Runtime>(
         });
     }
 
-    let (floor, keep_from, released) =
-        match plan(first, last, &views, settings.retain_entries, settings.hold_max) {
-            Plan::Keep(why) => {
-                if memory.kept.insert(shard.clone(), why) != Some(why) {
-                    tracing::info!(shard = %shard, reason = why, "not trimming the shard's stream");
-                }
-                return Ok(());
+    let (floor, keep_from, released) = match plan(
+        first,
+        last,
+        &views,
+        settings.retain_entries,
+        settings.hold_max,
+    ) {
+        Plan::Keep(why) => {
+            if memory.kept.insert(shard.clone(), why) != Some(why) {
+                tracing::info!(shard = %shard, reason = why, "not trimming the shard's stream");
             }
-            Plan::Trim {
-                floor,
-                keep_from,
-                released,
-            } => (floor, keep_from, released),
-        };
+            return Ok(());
+        }
+        Plan::Trim {
+            floor,
+            keep_from,
+            released,
+        } => (floor, keep_from, released),
+    };
     memory.kept.remove(shard);
     metrics::gauge!(crate::metrics::WAL_FLOOR, &labels).set(floor.get() as f64);
     metrics::gauge!(crate::metrics::WAL_RELEASED, &labels).set(released.len() as f64);
