@@ -12,7 +12,7 @@
 //! handling), `workload`, `phases` (writes, reads), `baseline` (JetStream), `load` (the
 //! closed-loop driver), `http` (its client), `probe`/`procstat` (CPU, peak RSS), `verify`,
 //! `configuration` (one configuration's run), `sweeps`, `report` (table, medians),
-//! `charts`.
+//! `charts`, `soak` (`--soak`: the long run of `make soak`).
 
 mod baseline;
 mod charts;
@@ -25,6 +25,7 @@ mod phases;
 mod probe;
 mod procstat;
 mod report;
+mod soak;
 mod sweeps;
 mod verify;
 mod workload;
@@ -73,7 +74,11 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
         durable_conf: args.durable.then_some(durable_conf),
         sqlite_full: args.durable,
         keep_dirs: args.keep,
+        manager_args: Vec::new(),
     };
+    if args.soak {
+        return soak::run(&args, &opts).await;
+    }
     let max_idle = args
         .clients
         .max(*args.sweep_clients.iter().max().unwrap_or(&0))
