@@ -193,7 +193,12 @@ pub async fn run(args: &Args, opts: &BenchOpts) -> anyhow::Result<bool> {
         None => problems.push(format!("no pid for {killed}")),
     }
     tokio::time::sleep_until(at(0.3).into()).await;
-    let paused = "Server4";
+    // A server that leads no shard: pausing a primary would stall its shard's writes until
+    // the requests already sent to it time out, and this is about the floor, not failover.
+    let paused = pure_secondary(&http, &gateway, killed)
+        .await
+        .unwrap_or_else(|| "Server4".to_owned());
+    let paused = paused.as_str();
     match reseed(&cluster, &http, paused, started, at(0.6)).await {
         Ok(mut e) => events.append(&mut e),
         Err(e) => problems.push(format!("re-seed of {paused}: {e}")),
@@ -245,6 +250,28 @@ pub async fn run(args: &Args, opts: &BenchOpts) -> anyhow::Result<bool> {
             problems.len()
         ))
     }
+}
+
+/// A server other than `except` that is primary of no shard, per `/status`.
+async fn pure_secondary(http: &reqwest::Client, gateway: &str, except: &str) -> Option<String> {
+    let st: Value = http
+        .get(format!("{gateway}/status"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let primaries: Vec<&str> = st["shards"]
+        .as_array()?
+        .iter()
+        .filter_map(|s| s["primary"].as_str())
+        .collect();
+    st["servers"]
+        .as_object()?
+        .keys()
+        .find(|n| n.as_str() != except && !primaries.contains(&n.as_str()))
+        .cloned()
 }
 
 /// Pauses `name` until the manager releases it from some shard's WAL floor (its metrics),

@@ -1,5 +1,5 @@
 //! The short soak (`shardline-bench --soak`, see `make soak`) on the debug binaries: about a
-//! minute of updates over a fixed key set on A1 with a margin of 100 entries, a server killed
+//! minute of updates over a fixed key set on A1 with a margin of 80 entries, a server killed
 //! and another released from the WAL floor and re-seeded; the soak itself checks values,
 //! replicas and the plateau of stream bytes, SQLite bytes and RSS, and prints PASS or FAIL.
 
