@@ -20,17 +20,23 @@ const SETTLE: Duration = Duration::from_secs(120);
 const KEYS: (i64, i64) = (0, 16_384);
 
 async fn start(hold_max: u64) -> LocalCluster {
+    start_with(hold_max, RETAIN, &[]).await
+}
+
+async fn start_with(hold_max: u64, retain: u64, extra: &[&str]) -> LocalCluster {
+    let mut manager_args: Vec<String> = [
+        "--wal-trim-interval-ms",
+        "200",
+        "--wal-retain-entries",
+        &retain.to_string(),
+        "--wal-hold-max-entries",
+        &hold_max.to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    manager_args.extend(extra.iter().map(|a| a.to_string()));
     let c = LocalCluster::start_with(ClusterOptions {
-        manager_args: [
-            "--wal-trim-interval-ms",
-            "200",
-            "--wal-retain-entries",
-            &RETAIN.to_string(),
-            "--wal-hold-max-entries",
-            &hold_max.to_string(),
-        ]
-        .map(String::from)
-        .to_vec(),
+        manager_args,
         ..Default::default()
     })
     .await;
@@ -352,4 +358,64 @@ async fn long_outage_releases_the_replica_which_reseeds_when_back() {
     println!("workload: {}", history.summary());
     let report = check(&c, &history, range.0, range.1, Duration::from_secs(60)).await;
     println!("check: {report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_age_limit_keeps_entries_younger_than_it() {
+    const AGE: Duration = Duration::from_secs(3);
+    const KEEP: u64 = 10;
+    let c = start_with(1_000_000, KEEP, &["--wal-retain-ms", "3000"]).await;
+    let js = js(&c).await;
+    let w = Workload::start(&c, workload(300));
+    let t0 = Instant::now();
+    // (time read, shard -> (first, last))
+    let mut seen: Vec<(Duration, BTreeMap<&str, (u64, u64)>)> = Vec::new();
+    let mut trimmed_during_load = false;
+    let deadline = Duration::from_secs(150);
+    while !w.finished() && t0.elapsed() < deadline {
+        let mut now = BTreeMap::new();
+        for shard in ["sh1", "sh2", "sh3", "sh4"] {
+            now.insert(shard, stream_state(&js, shard).await);
+        }
+        let t = t0.elapsed();
+        // Entries appended after a read at least 1 s younger than the age limit are younger
+        // than it still (1 s for the entry's timestamp preceding its append).
+        if let Some((at, old)) = seen
+            .iter()
+            .find(|(s, _)| *s + AGE >= t + Duration::from_secs(1))
+        {
+            for (shard, &(first, last)) in &now {
+                let before = old[shard].1;
+                assert!(
+                    first <= before + 1,
+                    "{shard}: stream starts at {first} (last {last}) at {t:?}, but entries after \
+                     {before} were appended after {at:?}, less than {AGE:?} ago"
+                );
+            }
+        }
+        trimmed_during_load |= now.values().any(|&(first, _)| first > 1);
+        seen.push((t, now));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let history = w.finish().await;
+    println!("workload: {} in {:?}", history.summary(), t0.elapsed());
+    assert!(
+        trimmed_during_load,
+        "nothing older than {AGE:?} was purged during the load"
+    );
+    // Once everything is older than the limit, only the margin is left.
+    let trimmed = wait_until(Duration::from_secs(30), || async {
+        let mut all = true;
+        for shard in ["sh1", "sh2", "sh3", "sh4"] {
+            let (first, last) = stream_state(&js, shard).await;
+            all &= first == last + 1 - KEEP;
+        }
+        all
+    })
+    .await;
+    assert!(
+        trimmed,
+        "streams not trimmed to the last {KEEP} entries once old"
+    );
+    check(&c, &history, KEYS.0, KEYS.1, SETTLE).await;
 }
