@@ -1,5 +1,5 @@
 //! The short soak (`shardline-bench --soak`, see `make soak`) on the debug binaries: about a
-//! minute of updates over a fixed key set on A1 with a margin of 80 entries, a server killed
+//! minute of updates over a fixed key set on A1 with a margin of 50 entries, a server killed
 //! and another released from the WAL floor and re-seeded; the soak itself checks values,
 //! replicas and the plateau of stream bytes, SQLite bytes and RSS, and prints PASS or FAIL.
 
@@ -23,13 +23,13 @@ fn short_soak_plateaus_and_keeps_every_acknowledged_write() {
             "--soak-keys",
             "1000",
             "--soak-clients",
-            "4",
+            "8",
         ])
         .args([
             "--soak-retain",
-            "100",
+            "50",
             "--soak-hold-max",
-            "500",
+            "300",
             "--soak-trim-ms",
             "1000",
         ])
