@@ -77,6 +77,9 @@ struct KeyState {
 
 type Keys = Arc<Mutex<HashMap<i64, KeyState>>>;
 
+/// One figure of a sample (stream, SQLite or RSS total).
+type Measure = fn(&Sample) -> u64;
+
 fn row(key: i64, v: &(String, i64)) -> Value {
     json!({"Stud_id": key, "Stud_name": v.0, "Stud_marks": v.1})
 }
@@ -572,26 +575,18 @@ fn judge(samples: &[Sample], args: &Args) -> Vec<String> {
     }
     let end = last.t;
     let (a, b) = (end / 3.0, 2.0 * end / 3.0);
-    let checks: [(&str, f64, Box<dyn Fn(&Sample) -> u64>); 3] = [
-        (
-            "stream bytes",
-            args.soak_tolerance,
-            Box::new(Sample::stream_total),
-        ),
-        (
-            "SQLite bytes",
-            args.soak_tolerance,
-            Box::new(Sample::sqlite_total),
-        ),
+    let checks: [(&str, f64, Measure); 3] = [
+        ("stream bytes", args.soak_tolerance, Sample::stream_total),
+        ("SQLite bytes", args.soak_tolerance, Sample::sqlite_total),
         (
             "RSS",
             RSS_TOLERANCE.max(args.soak_tolerance),
-            Box::new(Sample::rss_total),
+            Sample::rss_total,
         ),
     ];
     for (what, tolerance, f) in checks {
-        let middle = max_in(samples, a, b, &f);
-        let tail = max_in(samples, b, end + 1.0, &f);
+        let middle = max_in(samples, a, b, f);
+        let tail = max_in(samples, b, end + 1.0, f);
         let ok = (tail as f64) <= tolerance * middle as f64;
         println!(
             "soak: plateau of {what}: max of the middle third {middle}, of the last third {tail} (at most {tolerance} x): {}",

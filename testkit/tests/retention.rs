@@ -16,6 +16,9 @@ use testkit::workload::{check, History, Workload, WorkloadConfig};
 use testkit::{pid_alive, wait_until, ClusterOptions, LocalCluster, Value};
 
 const RETAIN: u64 = 100;
+
+/// Shard → (first, last) sequence of its stream.
+type Streams = BTreeMap<&'static str, (u64, u64)>;
 const SETTLE: Duration = Duration::from_secs(120);
 const KEYS: (i64, i64) = (0, 16_384);
 
@@ -368,8 +371,7 @@ async fn the_age_limit_keeps_entries_younger_than_it() {
     let js = js(&c).await;
     let w = Workload::start(&c, workload(300));
     let t0 = Instant::now();
-    // (time read, shard -> (first, last))
-    let mut seen: Vec<(Duration, BTreeMap<&str, (u64, u64)>)> = Vec::new();
+    let mut seen: Vec<(Duration, Streams)> = Vec::new();
     let mut trimmed_during_load = false;
     let deadline = Duration::from_secs(150);
     while !w.finished() && t0.elapsed() < deadline {
