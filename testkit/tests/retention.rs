@@ -3,8 +3,9 @@
 //! that floor up to `--wal-hold-max-entries` behind the stream's end, then is released and
 //! re-seeds when it returns.
 //!
-//! Stream state is read from JetStream directly; a replica's applied position from `/status`
-//! (its durable consumer's ack floor, which it advances only after committing).
+//! Stream state is read from JetStream directly; a replica's applied position from its
+//! `/heartbeat`, or, for a paused replica, from `/status` (its durable consumer's ack floor,
+//! which it advances only after committing, at most 50 ms behind).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -65,19 +66,6 @@ async fn status(c: &LocalCluster) -> Value {
     c.status_within(Duration::from_secs(5)).await
 }
 
-/// Shard → its replicas' applied sequences (consumer ack floors) per `/status`.
-fn applied(st: &Value) -> BTreeMap<String, Vec<(String, u64)>> {
-    let mut out: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
-    for (server, shards) in st["applied"].as_object().expect("applied") {
-        for (shard, seq) in shards.as_object().expect("applied per shard") {
-            out.entry(shard.clone())
-                .or_default()
-                .push((server.clone(), seq.as_u64().unwrap_or(0)));
-        }
-    }
-    out
-}
-
 /// A server that is primary of no shard.
 fn pure_secondary(st: &Value) -> String {
     let primaries: Vec<&str> = st["shards"]
@@ -133,20 +121,54 @@ fn server_log(c: &LocalCluster, name: &str) -> String {
     fs::read_to_string(c.servers_dir().join(name).join("server.log")).unwrap_or_default()
 }
 
-/// Every shard's stream: the first sequence never passes what the slowest replica applied,
-/// minus the margin. The stream is read before `/status`, so the applied positions are at
-/// least what the trimmer saw when it purged.
-async fn assert_floor_respected(
+/// Shard → (server, applied) of every replica, from each server's own `/heartbeat` (what it
+/// committed; its consumer's ack floor in `/status` trails that by up to 50 ms). Addresses
+/// come from the metadata in KV.
+async fn heartbeat_applied(
     c: &LocalCluster,
     js: &jetstream::Context,
-) -> BTreeMap<String, (u64, u64)> {
+) -> BTreeMap<String, Vec<(String, u64)>> {
+    let kv = js
+        .get_key_value("shardline_meta")
+        .await
+        .expect("metadata bucket");
+    let doc = kv
+        .get("cluster")
+        .await
+        .expect("metadata")
+        .expect("configured");
+    let meta: Value = serde_json::from_slice(&doc).expect("metadata JSON");
+    let mut out: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+    for (server, sv) in meta["servers"].as_object().expect("servers") {
+        let addr = sv["addr"].as_str().expect("addr");
+        let beat: Value = c
+            .client()
+            .get(format!("http://{addr}/heartbeat"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{server} heartbeat: {e}"))
+            .json()
+            .await
+            .expect("heartbeat JSON");
+        for (shard, p) in beat["shards"].as_object().expect("shards") {
+            out.entry(shard.clone())
+                .or_default()
+                .push((server.clone(), p["applied"].as_u64().expect("applied")));
+        }
+    }
+    out
+}
+
+/// Every shard's stream: the first sequence never passes what the slowest replica applied,
+/// minus the margin. The stream is read before the heartbeats, so the applied positions are
+/// at least what the trimmer saw when it purged.
+async fn assert_floor_respected(c: &LocalCluster, js: &jetstream::Context) -> Streams {
     let mut streams = BTreeMap::new();
     for shard in ["sh1", "sh2", "sh3", "sh4"] {
-        streams.insert(shard.to_owned(), stream_state(js, shard).await);
+        streams.insert(shard, stream_state(js, shard).await);
     }
-    let st = status(c).await;
-    for (shard, replicas) in applied(&st) {
-        let (first, last) = streams[&shard];
+    for (shard, replicas) in heartbeat_applied(c, js).await {
+        let (first, last) = streams[shard.as_str()];
         let min = replicas.iter().map(|r| r.1).min().unwrap();
         assert!(
             first <= 1.max((min + 1).saturating_sub(RETAIN)),
