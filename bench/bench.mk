@@ -5,13 +5,16 @@
 #   make bench-smoke     a tiny run (300 writes, 300 reads, A1) on the debug binaries; part of `make test`
 #   make bench-peers     PostgreSQL (primary + 2 quorum-synchronous standbys, pgbench) beside A1,
 #                        default and durable mode, 3 alternating rounds; side-by-side table + ratios
+#   make soak            release build + the soak (SOAK_SECS seconds, default 600): updates over a fixed key
+#                        set with a kill and a re-seed; stream/SQLite/RSS over time in bench/results/soak
+#                        (a 60 s version runs in `make test`: testkit/tests/soak.rs)
 #
 # Extra flags: make bench BENCH_ARGS="--configs a1 --clients 50"   (see: shardline-bench --help)
 
 BENCH_ARGS ?=
 BENCH_OUT ?= bench/results
 
-.PHONY: bench bench-durable bench-smoke bench-build bench-peers
+.PHONY: bench bench-durable bench-smoke bench-build bench-peers soak
 
 bench-build: nats
 	cargo build --release --workspace --bins
@@ -34,6 +37,12 @@ bench-peers: bench-build ## PostgreSQL with quorum standbys beside shardline A1 
 bench-smoke: nats ## tiny benchmark run (a few hundred requests) so the bench never rots
 	cargo build --workspace --bins
 	target/debug/shardline-bench --smoke --bin-dir target/debug --out target/bench-smoke $(BENCH_ARGS)
+
+# Bounded: the load runs SOAK_SECS (default 600 s), then the checks; `timeout` caps the whole
+# run at 15 minutes.
+SOAK_SECS ?= 600
+soak: bench-build ## release build + the soak (SOAK_SECS=600): disk and memory must plateau while the WAL is trimmed
+	SOAK_SECS=$(SOAK_SECS) timeout 900 target/release/shardline-bench --soak --out $(BENCH_OUT)/soak $(BENCH_ARGS)
 
 # `make test` also runs the smoke benchmark.
 test: bench-smoke

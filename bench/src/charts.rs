@@ -193,6 +193,70 @@ pub fn lines(
     Ok(())
 }
 
+/// Lines over a numeric x axis (seconds), one per series; NaN values are gaps.
+pub fn time_series(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    xs: &[f64],
+    series: &[(String, Vec<f64>)],
+) -> anyhow::Result<()> {
+    if xs.is_empty() || series.is_empty() {
+        return Ok(());
+    }
+    let ymax = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .filter(|v| v.is_finite())
+        .fold(1e-9f64, f64::max)
+        * 1.1;
+    let xmax = xs.iter().copied().fold(1.0f64, f64::max);
+    let root = canvas(path)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..xmax, 0f64..ymax)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("time (s)")
+        .y_desc(y_desc)
+        .draw()
+        .map_err(err)?;
+    for (si, (name, values)) in series.iter().enumerate() {
+        let color = PALETTE[si % PALETTE.len()];
+        let style = if si == 0 {
+            BLACK.stroke_width(3)
+        } else {
+            color.stroke_width(1)
+        };
+        // Split at gaps (a process that was not running).
+        let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
+        for (&x, &y) in xs.iter().zip(values) {
+            if y.is_finite() {
+                runs.last_mut().expect("one run").push((x, y));
+            } else if !runs.last().expect("one run").is_empty() {
+                runs.push(Vec::new());
+            }
+        }
+        for (i, run) in runs.into_iter().enumerate() {
+            let drawn = chart
+                .draw_series(LineSeries::new(run, style))
+                .map_err(err)?;
+            if i == 0 {
+                drawn
+                    .label(name.clone())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+            }
+        }
+    }
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
 /// A 900 x 500 SVG canvas with a white background.
 fn canvas(path: &Path) -> anyhow::Result<DrawingArea<SVGBackend<'_>, Shift>> {
     let root = SVGBackend::new(path, (900, 500)).into_drawing_area();

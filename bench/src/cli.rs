@@ -95,6 +95,36 @@ pub struct Args {
     /// Length of each pgbench phase (writes, reads) with --peers, seconds.
     #[arg(long, default_value_t = 3)]
     pub peer_seconds: u64,
+    /// Run the soak instead of the benchmark (`make soak`): sustained updates over a fixed
+    /// key set on A1 with a kill and a re-seed; stream, SQLite and RSS sampled and plotted.
+    #[arg(long)]
+    pub soak: bool,
+    /// Soak: seconds of load.
+    #[arg(long, env = "SOAK_SECS", default_value_t = 600)]
+    pub soak_secs: u64,
+    /// Soak: the fixed key set's size (spread over A1's key space).
+    #[arg(long, default_value_t = 4_000)]
+    pub soak_keys: usize,
+    /// Soak: concurrent clients (closed loop).
+    #[arg(long, default_value_t = 8)]
+    pub soak_clients: usize,
+    /// Soak: the manager's `--wal-retain-entries`.
+    #[arg(long, default_value_t = 1_000)]
+    pub soak_retain: u64,
+    /// Soak: the manager's `--wal-hold-max-entries` (small, so the paused server is released
+    /// within the run).
+    #[arg(long, default_value_t = 20_000)]
+    pub soak_hold_max: u64,
+    /// Soak: the manager's `--wal-trim-interval-ms`.
+    #[arg(long, default_value_t = 5_000)]
+    pub soak_trim_ms: u64,
+    /// Soak: milliseconds between two samples.
+    #[arg(long, default_value_t = 2_000)]
+    pub soak_sample_ms: u64,
+    /// Soak: the last third's maximum of stream and SQLite bytes may be at most this many
+    /// times the middle third's.
+    #[arg(long, default_value_t = 1.2)]
+    pub soak_tolerance: f64,
 }
 
 pub fn variant(args: &Args) -> String {

@@ -28,12 +28,15 @@ pub struct BenchOpts {
     pub durable_conf: Option<PathBuf>,
     pub sqlite_full: bool,
     pub keep_dirs: bool,
+    /// Appended to the manager's command line (the soak's retention settings).
+    pub manager_args: Vec<String>,
 }
 
 pub struct BenchCluster {
     pub dir: PathBuf,
     pub nats_url: String,
     pub gateway_url: String,
+    pub manager_url: String,
     nats: Option<Nats>,
     manager: Option<Proc>,
     gateway: Option<Proc>,
@@ -55,6 +58,7 @@ impl BenchCluster {
             dir: dir.clone(),
             nats_url: String::new(),
             gateway_url: String::new(),
+            manager_url: String::new(),
             nats: None,
             manager: None,
             gateway: None,
@@ -89,9 +93,11 @@ impl BenchCluster {
         if opts.sqlite_full {
             args.extend(["--sqlite-sync".to_owned(), "full".to_owned()]);
         }
+        args.extend(opts.manager_args.iter().cloned());
         // SIGTERM if we are killed outright, so that the manager stops its shard servers.
         let (manager, maddr) = c.spawn(opts, "manager", args, libc::SIGTERM).await?;
         c.manager = Some(manager);
+        c.manager_url = format!("http://{maddr}");
 
         let args = vec![
             "--listen".to_owned(),
@@ -181,6 +187,31 @@ impl BenchCluster {
                 .map(|(name, pid)| (name, pid as u32)),
         );
         out
+    }
+
+    /// [`BenchCluster::component_pids`] as a function that can be called from another task
+    /// (a respawned shard server is found by its new pid file).
+    pub fn component_pids_fn(&self) -> impl Fn() -> Vec<(String, u32)> + Send + 'static {
+        let fixed: Vec<(String, u32)> = self
+            .component_pids()
+            .into_iter()
+            .filter(|(n, _)| matches!(n.as_str(), "nats-server" | "manager" | "gateway"))
+            .collect();
+        let servers = self.dir.join("servers");
+        move || {
+            let mut out = fixed.clone();
+            out.extend(
+                shard_server_pids(&servers)
+                    .into_iter()
+                    .map(|(name, pid)| (name, pid as u32)),
+            );
+            out
+        }
+    }
+
+    /// The pid of shard server `name`, from its pid file.
+    pub fn server_pid(&self, name: &str) -> Option<i32> {
+        testkit::pids::read_pid_file(&self.dir.join("servers").join(name).join("server.pid"))
     }
 
     /// Stops everything: gateway, manager (SIGTERM stops its shard servers), any shard

@@ -12,7 +12,8 @@
 //! handling), `workload`, `phases` (writes, reads), `baseline` (JetStream), `load` (the
 //! closed-loop driver), `http` (its client), `probe`/`procstat` (CPU, peak RSS), `verify`,
 //! `configuration` (one configuration's run), `sweeps`, `report` (table, medians),
-//! `charts`, `peers` (`--peers`: PostgreSQL with quorum standbys beside A1).
+//! `charts`, `peers` (`--peers`: PostgreSQL with quorum standbys beside A1), `soak`
+//! (`--soak`: the long run of `make soak`).
 
 mod baseline;
 mod charts;
@@ -26,6 +27,7 @@ mod phases;
 mod probe;
 mod procstat;
 mod report;
+mod soak;
 mod sweeps;
 mod verify;
 mod workload;
@@ -77,7 +79,11 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
         durable_conf: args.durable.then(|| durable_conf.clone()),
         sqlite_full: args.durable,
         keep_dirs: args.keep,
+        manager_args: Vec::new(),
     };
+    if args.soak {
+        return soak::run(&args, &opts).await;
+    }
     let max_idle = args
         .clients
         .max(*args.sweep_clients.iter().max().unwrap_or(&0))

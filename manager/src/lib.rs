@@ -22,6 +22,7 @@
 //! - [`wal_admin`]: the shards' JetStream streams and the term markers in them.
 //! - [`shard_client`]: the HTTP client to the shard servers (`/heartbeat`, `/config`,
 //!   `/adopt_log`).
+//! - [`retention`]: trimming the streams below what every replica applied, keeping a margin.
 //! - [`messages`]: the wording of the admin answers.
 //! - [`metadata`]: compare-and-set writes of the metadata document (the manager is its only
 //!   writer).
@@ -39,6 +40,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod monitor;
 pub mod ops;
+pub mod retention;
 pub mod routes;
 pub mod runtime;
 pub mod shard_client;
@@ -165,6 +167,26 @@ pub struct Config {
     /// is killed leaves them running either way.
     #[arg(long, env = "SHARDLINE_STOP_SERVERS_ON_EXIT", default_value_t = true, action = clap::ArgAction::Set)]
     pub stop_servers_on_exit: bool,
+    /// Milliseconds between two rounds of WAL trimming (purging each shard's stream below
+    /// what every replica applied, minus the retained margin); 0 disables trimming.
+    #[arg(long, env = "SHARDLINE_WAL_TRIM_INTERVAL_MS", default_value_t = 5000)]
+    pub wal_trim_interval_ms: u64,
+    /// WAL entries kept at and below the floor (what every replica applied), so that a
+    /// replica back from a short outage catches up from the log.
+    #[arg(long, env = "SHARDLINE_WAL_RETAIN_ENTRIES", default_value_t = 1000)]
+    pub wal_retain_entries: u64,
+    /// WAL entries younger than this many milliseconds are never purged (0: no age limit).
+    #[arg(long, env = "SHARDLINE_WAL_RETAIN_MS", default_value_t = 0)]
+    pub wal_retain_ms: u64,
+    /// A replica that does not answer holds the WAL floor while it is at most this many
+    /// entries behind the stream's end; beyond, it is released and re-seeds from a snapshot
+    /// when it returns.
+    #[arg(
+        long,
+        env = "SHARDLINE_WAL_HOLD_MAX_ENTRIES",
+        default_value_t = 1_000_000
+    )]
+    pub wal_hold_max_entries: u64,
 }
 
 impl Config {
@@ -296,6 +318,7 @@ async fn serve<R: Runtime>(
             return Ok(());
         }
     };
+    let trim_js = js.clone();
     let control = Arc::new(ControlPlane::new(
         meta,
         WalAdmin::new(js, config.stream_replicas, lease.clone()),
@@ -331,6 +354,18 @@ async fn serve<R: Runtime>(
         },
         stop_monitor.clone(),
     ));
+    let trimmer = tokio::spawn(retention::run(
+        control.clone(),
+        trim_js,
+        retention::Settings {
+            interval: Duration::from_millis(config.wal_trim_interval_ms),
+            retain_entries: config.wal_retain_entries,
+            retain_age: Duration::from_millis(config.wal_retain_ms),
+            hold_max: config.wal_hold_max_entries,
+            heartbeat_timeout: Duration::from_millis(config.heartbeat_timeout_ms.max(1000)),
+        },
+        stop_monitor.clone(),
+    ));
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "manager listening");
@@ -340,6 +375,9 @@ async fn serve<R: Runtime>(
     stop_monitor.cancel();
     if let Err(e) = monitor.await {
         tracing::error!(error = %e, "monitor task failed");
+    }
+    if let Err(e) = trimmer.await {
+        tracing::error!(error = %e, "WAL trimming task failed");
     }
     // The servers are stopped only by the manager that ran them; a standby leaves them to
     // the active one.

@@ -13,6 +13,12 @@
 //!   advanced replica of the shard (from the same heartbeat round)
 //! - `shardline_manager_log_faults_total{shard}`: shards frozen after a log fault
 //! - `shardline_manager_log_recoveries_total{shard}`: log recoveries completed
+//! - `shardline_wal_first_seq{shard}`, `shardline_wal_last_seq{shard}`,
+//!   `shardline_wal_bytes{shard}`: the shard's WAL stream as the trimmer last saw it
+//! - `shardline_wal_floor{shard}`: the lowest applied sequence among the replicas holding
+//!   the floor (see `retention`)
+//! - `shardline_wal_released_replicas{shard}`: silent replicas left out of the floor
+//! - `shardline_wal_purged_total{shard}`: entries purged from the stream by the trimmer
 
 use std::collections::BTreeMap;
 
@@ -29,6 +35,12 @@ pub const APPLIED: &str = "shardline_manager_replica_applied_seq";
 pub const LAG: &str = "shardline_manager_replica_lag";
 pub const LOG_FAULTS: &str = "shardline_manager_log_faults_total";
 pub const LOG_RECOVERIES: &str = "shardline_manager_log_recoveries_total";
+pub const WAL_FIRST_SEQ: &str = "shardline_wal_first_seq";
+pub const WAL_LAST_SEQ: &str = "shardline_wal_last_seq";
+pub const WAL_BYTES: &str = "shardline_wal_bytes";
+pub const WAL_FLOOR: &str = "shardline_wal_floor";
+pub const WAL_RELEASED: &str = "shardline_wal_released_replicas";
+pub const WAL_PURGED: &str = "shardline_wal_purged_total";
 
 /// Installs the process-wide recorder. Call once, before serving.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
@@ -43,6 +55,18 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         LAG,
         "WAL entries a replica is behind the most advanced replica of its shard"
     );
+    metrics::describe_gauge!(
+        WAL_FIRST_SEQ,
+        "First sequence still held by the shard's WAL stream"
+    );
+    metrics::describe_gauge!(WAL_LAST_SEQ, "Last sequence of the shard's WAL stream");
+    metrics::describe_gauge!(WAL_BYTES, "Bytes held by the shard's WAL stream");
+    metrics::describe_gauge!(
+        WAL_FLOOR,
+        "Lowest applied sequence among the replicas holding the WAL floor"
+    );
+    metrics::describe_gauge!(WAL_RELEASED, "Silent replicas released from the WAL floor");
+    metrics::describe_counter!(WAL_PURGED, "WAL entries purged by the trimmer");
     shardline::telemetry::spawn_upkeep(&handle);
     Ok(handle)
 }
