@@ -123,6 +123,7 @@ impl Server {
                 continue;
             }
             let path = self.data_dir.join(format!("{shard}.db"));
+            crate::restore::take_pending(&self.data_dir, shard, &path, &schema)?;
             let store = Store::open(&path, &schema, self.sync)
                 .map(Arc::new)
                 .map_err(|e| ApiError::Internal(format!("cannot open {}: {e}", path.display())))?;

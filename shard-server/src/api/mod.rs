@@ -3,6 +3,7 @@
 
 mod admin;
 mod read;
+mod restore;
 mod write;
 
 use std::sync::Arc;
@@ -20,6 +21,10 @@ pub fn router(server: Arc<Server>, body_limit: usize) -> Router {
         .route("/heartbeat", get(admin::heartbeat))
         .route("/config", post(admin::config))
         .route("/copy", get(admin::copy).post(admin::copy))
+        .route(
+            "/snapshot/{shard}",
+            put(restore::put_snapshot).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route("/read_all", get(admin::read_all).post(admin::read_all))
         .route("/read", get(read::read).post(read::read))
         .route("/write", post(write::write))
