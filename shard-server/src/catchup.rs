@@ -1,22 +1,28 @@
 //! Catch-up of a replica that starts with an empty database: copy a snapshot from a healthy
-//! replica (`/copy`, consistent with a WAL sequence) so the applier starts from there instead
-//! of replaying the whole history. When no peer can give one, the applier replays the log.
+//! replica (`GET /snapshot/{shard}`: its SQLite file, consistent with the WAL position in the
+//! headers) so the applier starts from there instead of replaying the whole history. When no
+//! peer can give one, the applier replays the log.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shardline::internal::{CopyRequest, CopyResponse};
+use std::path::Path;
+
 use shardline::meta::{ClusterMeta, Health};
 use shardline::names::ShardId;
-use shardline::schema::Row;
-use shardline::{Position, Seq};
+use shardline::{Position, Seq, Term};
+use tokio::io::AsyncWriteExt;
 
+use crate::api::snapshot::{SEQ_HEADER, SQLITE_MEDIA_TYPE, TERM_HEADER};
 use crate::server::Server;
 use crate::store::{self, Store};
 
 /// How long a replica waits for the cluster metadata (to find its peers) before giving up
 /// on a snapshot and replaying the log instead.
 const META_WAIT: Duration = Duration::from_secs(5);
+/// Longest a whole snapshot download may take, and the longest wait for its next chunk.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn restore_from_peer(server: &Server, shard: &ShardId, store: &Arc<Store>) {
     // The manager's /config can arrive before this server's metadata watcher has its first
@@ -47,22 +53,15 @@ pub async fn restore_from_peer(server: &Server, shard: &ShardId, store: &Arc<Sto
     peers.sort_by_key(|(n, _)| Some(n) != primary.as_ref());
     let started = Instant::now();
     for (peer, addr) in peers {
-        match fetch(server, shard, &addr).await {
-            Ok((rows, at)) if at.seq > Seq::ZERO => {
-                let count = rows.len();
-                let restored = store::blocking(store, move |s| s.restore(&rows, at)).await;
-                if let Err(e) = restored {
-                    tracing::warn!(shard = %shard, peer = %peer, error = %e, "cannot store snapshot");
-                    continue;
-                }
+        match copy_from(server, shard, &addr, store).await {
+            Ok(at) => {
                 tracing::info!(
-                    shard = %shard, server = %server.name, peer = %peer, seq = %at.seq, rows = count,
+                    shard = %shard, server = %server.name, peer = %peer, seq = %at.seq,
                     elapsed_ms = started.elapsed().as_millis() as u64,
-                    "restored snapshot; applying the log from the next sequence"
+                    "restored snapshot from a peer; applying the log from the next sequence"
                 );
                 return;
             }
-            Ok(_) => return, // the peer has applied nothing either: replaying is as cheap
             Err(e) => {
                 tracing::warn!(shard = %shard, peer = %peer, error = %e, "snapshot copy failed")
             }
@@ -70,37 +69,79 @@ pub async fn restore_from_peer(server: &Server, shard: &ShardId, store: &Arc<Sto
     }
 }
 
-/// Asks `addr` for a snapshot of `shard`: its rows (checked against this server's schema)
-/// and the log position they are consistent with.
-async fn fetch(
+/// Downloads `GET http://{addr}/snapshot/{shard}` into a temporary file of the data
+/// directory, chunk by chunk (memory bounded by a chunk whatever the size of the shard),
+/// installs it in `store` (`Store::install`: the applier must not be applying meanwhile)
+/// and removes the file. Returns the position installed.
+pub async fn copy_from(
     server: &Server,
     shard: &ShardId,
     addr: &str,
-) -> anyhow::Result<(Vec<Row>, Position)> {
-    let mut body: CopyResponse = server
+    store: &Arc<Store>,
+) -> anyhow::Result<Position> {
+    let path = server.data_dir.join(format!(
+        ".incoming-{shard}-{}.sqlite3",
+        uuid::Uuid::new_v4()
+    ));
+    let result = download_and_install(server, shard, addr, store, &path).await;
+    store::remove_db_files(&path);
+    result
+}
+
+async fn download_and_install(
+    server: &Server,
+    shard: &ShardId,
+    addr: &str,
+    store: &Arc<Store>,
+    path: &Path,
+) -> anyhow::Result<Position> {
+    let mut resp = server
         .http
-        .post(format!("http://{addr}/copy"))
-        .json(&CopyRequest {
-            shards: vec![shard.clone()],
-        })
+        .get(format!("http://{addr}/snapshot/{shard}"))
+        .timeout(DOWNLOAD_TIMEOUT)
         .send()
         .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let snapshot = body
-        .shards
-        .remove(shard)
-        .ok_or_else(|| anyhow::anyhow!("the answer has no snapshot of {shard}"))?;
-    let schema = server
-        .schema()
-        .ok_or_else(|| anyhow::anyhow!("not configured"))?;
-    let at = snapshot.position();
-    let rows = snapshot
-        .rows
-        .iter()
-        .map(|r| schema.parse_row(r, usize::MAX))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("snapshot row does not fit the schema: {e}"))?;
-    Ok((rows, at))
+        .error_for_status()?;
+    let media = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    anyhow::ensure!(
+        media == SQLITE_MEDIA_TYPE,
+        "the snapshot of {shard} from {addr} came as {media:?}, not {SQLITE_MEDIA_TYPE}"
+    );
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| anyhow::anyhow!("the snapshot of {shard} from {addr} has no {name}"))
+    };
+    let announced = Position {
+        seq: Seq(header(SEQ_HEADER)?),
+        term: Term(header(TERM_HEADER)?),
+    };
+    let mut file = tokio::fs::File::create(path).await?;
+    let mut bytes = 0u64;
+    loop {
+        let chunk = tokio::time::timeout(CHUNK_TIMEOUT, resp.chunk())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("the snapshot of {shard} from {addr} stalled after {bytes} bytes")
+            })??;
+        let Some(chunk) = chunk else { break };
+        bytes += chunk.len() as u64;
+        file.write_all(&chunk).await?;
+    }
+    file.flush().await?;
+    drop(file);
+    let src = path.to_owned();
+    let at = store::blocking(store, move |s| s.install(&src)).await?;
+    anyhow::ensure!(
+        at == announced,
+        "the snapshot of {shard} from {addr} holds position {at:?} but announced {announced:?}"
+    );
+    tracing::info!(shard = %shard, server = %server.name, from = addr, seq = %at.seq, bytes, "snapshot installed");
+    Ok(at)
 }

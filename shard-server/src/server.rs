@@ -123,10 +123,10 @@ impl Server {
                 continue;
             }
             let path = self.data_dir.join(format!("{shard}.db"));
-            crate::restore::take_pending(&self.data_dir, shard, &path, &schema)?;
             let store = Store::open(&path, &schema, self.sync)
                 .map(Arc::new)
                 .map_err(|e| ApiError::Internal(format!("cannot open {}: {e}", path.display())))?;
+            crate::restore::install_pending(&self.data_dir, shard, &store).await?;
             let fresh = store.position().seq == Seq::ZERO;
             if fresh {
                 crate::catchup::restore_from_peer(self, shard, &store).await;

@@ -104,6 +104,12 @@ async fn answers_before_configuration_and_stops_on_its_shutdown_future() {
     assert_eq!(code, 404, "{body}");
     assert_eq!(body["code"], "not_found");
 
+    // A snapshot of a shard not held here: 404, and no file left in the data directory.
+    let (code, body) = call(reqwest::Method::GET, format!("{base}/snapshot/sh1"), None).await;
+    assert_eq!(code, 404, "{body}");
+    assert_eq!(body["code"], "not_found");
+    assert!(body["message"].as_str().unwrap().contains("sh1"), "{body}");
+
     let (code, body) = call(reqwest::Method::GET, format!("{base}/read_all"), None).await;
     assert_eq!((code, body), (200, json!({"status": "success"})));
 

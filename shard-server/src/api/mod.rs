@@ -4,6 +4,7 @@
 mod admin;
 mod read;
 mod restore;
+pub mod snapshot;
 mod write;
 
 use std::sync::Arc;
@@ -23,7 +24,7 @@ pub fn router(server: Arc<Server>, body_limit: usize) -> Router {
         .route("/copy", get(admin::copy).post(admin::copy))
         .route(
             "/snapshot/{shard}",
-            put(restore::put_snapshot).layer(axum::extract::DefaultBodyLimit::disable()),
+            get(snapshot::snapshot).put(restore::put_snapshot),
         )
         .route("/read_all", get(admin::read_all).post(admin::read_all))
         .route("/read", get(read::read).post(read::read))

@@ -4,7 +4,8 @@
 //! - `sql`: the statements built from the schema, and the stored position.
 //! - `apply`: applying WAL entries (deterministic: the outcome of an entry depends only on
 //!   the entry and the rows) and what each one did ([`Outcome`]).
-//! - this module: opening, reads, snapshots and restores.
+//! - `snapshot`: whole-database copies as SQLite files (`backup_to`, `install`).
+//! - this module: opening, reads, JSON snapshots and restores.
 //!
 //! Calls are synchronous and short (a prepared statement or a small transaction), so the
 //! async code runs them in place: no hop to another thread per query, which on two cores
@@ -13,6 +14,7 @@
 //! durable mode) are run on tokio's blocking pool by their callers.
 
 mod apply;
+mod snapshot;
 mod sql;
 #[cfg(test)]
 mod tests;
@@ -21,13 +23,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{params_from_iter, Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags};
 use serde_json::{Map, Value as Json};
-use shardline::schema::{Dtype, Row, Schema};
+use shardline::schema::{Dtype, Schema};
 use shardline::{Position, SyncMode};
 
 pub use self::apply::{BatchApplied, Outcome};
-use self::sql::{read_position, set_position, sql_value, Statements};
+pub(crate) use self::snapshot::remove_db_files;
+use self::sql::{read_position, Statements};
 
 struct Writer {
     conn: Connection,
@@ -194,24 +197,6 @@ impl Store {
             tx.commit()?;
             Ok((rows, at))
         })
-    }
-
-    /// Replaces the whole replica with a snapshot taken elsewhere. Long for a big
-    /// snapshot: call it on the blocking pool.
-    pub fn restore(&self, rows: &[Row], at: Position) -> rusqlite::Result<()> {
-        let mut w = lock(&self.writer);
-        let tx = w.conn.transaction()?;
-        tx.execute("DELETE FROM records", [])?;
-        {
-            let mut insert = tx.prepare_cached(&self.sql.insert)?;
-            for r in rows {
-                insert.execute(params_from_iter(r.iter().map(sql_value)))?;
-            }
-        }
-        set_position(&tx, at)?;
-        tx.commit()?;
-        w.at = at;
-        Ok(())
     }
 
     fn to_json(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<Json> {

@@ -2,7 +2,7 @@
 //! restore.
 
 use serde_json::{json, Map, Value as Json};
-use shardline::schema::{Row, Schema, SchemaSpec};
+use shardline::schema::{Schema, SchemaSpec};
 use shardline::wal::{WalEntry, WalOp};
 use shardline::{Position, Seq, SyncMode, Term};
 
@@ -179,34 +179,20 @@ fn outcomes_of_every_kind_of_entry() {
     assert_eq!(store.read_all().unwrap().len(), 4);
 }
 
-/// A restore replaces every row and the position in one go; the snapshot it came from
-/// carries the position it is consistent with.
+/// A JSON snapshot (`/copy`) carries every row and the position it is consistent with.
 #[test]
-fn snapshot_restores_elsewhere() {
+fn snapshot_carries_its_position() {
     let dir = tempfile::tempdir().unwrap();
     let a = Store::open(&dir.path().join("a.db"), &schema(), SyncMode::Normal).unwrap();
-    let b = Store::open(&dir.path().join("b.db"), &schema(), SyncMode::Normal).unwrap();
     a.apply(&[
         (Seq(1), entry(insert(1, "one"), 0)),
         (Seq(2), entry(insert(2, "two"), 0)),
     ])
     .unwrap();
-    b.apply(&[(Seq(1), entry(insert(9, "gone"), 0))]).unwrap();
     let (rows, at) = a.snapshot().unwrap();
     assert_eq!((rows.len(), at.seq, at.term), (2, Seq(2), Term(0)));
-    let rows: Vec<Row> = rows
-        .iter()
-        .map(|r| schema().parse_row(r, usize::MAX).unwrap())
-        .collect();
-    b.restore(&rows, at).unwrap();
-    assert_eq!(b.read_all().unwrap(), a.read_all().unwrap());
-    assert_eq!(
-        b.position(),
-        Position {
-            seq: Seq(2),
-            term: Term(0)
-        }
-    );
+    assert_eq!(rows, a.read_all().unwrap());
+    assert_eq!(rows[1], Json::Object(row(2, "two")));
 }
 
 /// A marker whose term is not greater than the last applied one (a second manager's marker
@@ -282,4 +268,88 @@ fn markers_not_above_the_applied_term_are_ignored() {
         );
         assert_eq!(s.existing(&[1, 2, 3, 4]).unwrap(), vec![1, 2, 3]);
     }
+}
+
+/// `backup_to` makes one self-contained SQLite file; `install` of it on another store with
+/// the same schema gives the same rows and position, seen by reads at once, and the store
+/// applies on from there.
+#[test]
+fn backup_installs_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Store::open(&dir.path().join("a.db"), &schema(), SyncMode::Normal).unwrap();
+    let b = Store::open(&dir.path().join("b.db"), &schema(), SyncMode::Normal).unwrap();
+    a.apply(&[
+        (Seq(1), entry(insert(1, "one"), 0)),
+        (Seq(2), entry(insert(2, "it's \"two\"é"), 0)),
+        (Seq(3), entry(insert(3, "three"), 0)),
+    ])
+    .unwrap();
+    b.apply(&[(Seq(1), entry(insert(9, "gone"), 0))]).unwrap();
+    // A read before the install, so b's read connections are warm on the old content.
+    assert_eq!(b.existing(&[9]).unwrap(), vec![9]);
+
+    let file = dir.path().join("copy.sqlite3");
+    let at = a.backup_to(&file).unwrap();
+    let three = Position {
+        seq: Seq(3),
+        term: Term(0),
+    };
+    assert_eq!(at, three);
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut p = file.as_os_str().to_owned();
+        p.push(suffix);
+        assert!(
+            !std::path::Path::new(&p).exists(),
+            "{suffix} left beside the copy"
+        );
+    }
+    // The source goes on after the copy; the copy keeps the state it was made at.
+    a.apply(&[(Seq(4), entry(insert(4, "four"), 0))]).unwrap();
+
+    assert_eq!(b.install(&file).unwrap(), three);
+    assert_eq!(b.position(), three);
+    assert_eq!(b.existing(&[1, 2, 3, 4, 9]).unwrap(), vec![1, 2, 3]);
+    assert_eq!(
+        b.read_range_json(0, 10).unwrap(),
+        a.read_range_json(0, 3).unwrap()
+    );
+    // It applies on from the installed position, and reopens there.
+    b.apply(&[(Seq(4), entry(insert(4, "four"), 0))]).unwrap();
+    assert_eq!(b.read_all().unwrap(), a.read_all().unwrap());
+    b.close();
+    drop(b);
+    let b = Store::open(&dir.path().join("b.db"), &schema(), SyncMode::Normal).unwrap();
+    assert_eq!(b.position().seq, Seq(4));
+    assert_eq!(b.read_all().unwrap(), a.read_all().unwrap());
+}
+
+/// A file whose records table differs from the store's schema, or that is no replica
+/// snapshot at all, is refused with a message naming the problem, and nothing changes.
+#[test]
+fn install_refuses_another_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = Schema::parse(&SchemaSpec {
+        columns: vec!["Stud_id".into(), "Stud_name".into()],
+        dtypes: vec!["Number".into(), "String".into()],
+    })
+    .unwrap();
+    let a = Store::open(&dir.path().join("a.db"), &other, SyncMode::Normal).unwrap();
+    let b = Store::open(&dir.path().join("b.db"), &schema(), SyncMode::Normal).unwrap();
+    b.apply(&[(Seq(1), entry(insert(9, "kept"), 0))]).unwrap();
+    let file = dir.path().join("copy.sqlite3");
+    a.backup_to(&file).unwrap();
+    let e = b.install(&file).unwrap_err().to_string();
+    assert!(
+        e.contains("columns (Stud_id INTEGER, Stud_name TEXT)")
+            && e.contains("(Stud_id INTEGER, Stud_name TEXT, Stud_marks INTEGER)"),
+        "{e}"
+    );
+
+    let junk = dir.path().join("junk.sqlite3");
+    std::fs::write(&junk, b"not a database at all, just some bytes".repeat(200)).unwrap();
+    let e = b.install(&junk).unwrap_err().to_string();
+    assert!(e.contains("is not a replica snapshot"), "{e}");
+
+    assert_eq!(b.position().seq, Seq(1));
+    assert_eq!(b.existing(&[9]).unwrap(), vec![9]);
 }
