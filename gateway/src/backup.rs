@@ -40,6 +40,9 @@ use crate::topology::Topology;
 /// How long a backup waits for some replica of a shard to have applied the log as far as it
 /// reached when the backup started.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
+/// A snapshot download that receives nothing for this long (while the gateway waits for it:
+/// a slow client is not counted) fails. Making the snapshot file counts too.
+const SNAPSHOT_SILENCE: Duration = Duration::from_secs(120);
 /// Between two rounds over a shard's replicas.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -77,8 +80,11 @@ async fn start(state: &AppState) -> Result<Response, ApiError> {
             .map(|s| last_seq(&state.jetstream, &s.id)),
     )
     .await;
+    // No overall timeout: a big shard streams for as long as the client takes it; a server
+    // that stops sending for SNAPSHOT_SILENCE breaks the archive off.
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(1))
+        .read_timeout(SNAPSHOT_SILENCE)
         .tcp_nodelay(true)
         .build()
         .map_err(|e| ApiError::Internal(format!("HTTP client: {e}")))?;
@@ -194,7 +200,6 @@ async fn try_replica(
     }
     let resp = http
         .get(format!("http://{addr}/snapshot/{}", shard.id))
-        .timeout(Duration::from_secs(600))
         .send()
         .await
         .map_err(|e| format!("snapshot: {e}"))?;

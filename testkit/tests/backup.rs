@@ -16,6 +16,19 @@ const TOKEN: &str = "backup-test-token";
 /// One writer per shard of A1: writer `w` inserts keys `w * 4096 + i`, in order.
 const WRITERS: i64 = 4;
 
+/// The name written with key `w * 4096 + i`: long for the bulk rows.
+fn name(w: i64, i: i64) -> String {
+    if i >= 3000 {
+        format!("bulk{w}-{i}-{}", "x".repeat(2000))
+    } else {
+        format!("w{w}-{i}")
+    }
+}
+
+fn marks(w: i64, i: i64) -> i64 {
+    (i * 7 + w) % 100
+}
+
 /// A cluster whose gateway (and manager) require the admin token.
 async fn cluster() -> LocalCluster {
     LocalCluster::start_with(ClusterOptions {
@@ -95,26 +108,42 @@ fn manifest(archive: &[u8]) -> Value {
 async fn backup_under_load_restores_every_acknowledged_write() {
     let src = cluster().await;
     init_a1(&src).await;
+    // Bulk first, so that each shard's snapshot is a few MiB and streams in many chunks:
+    // keys w * 4096 + 3000.. with 2 KB names (the writers below use w * 4096 + 0..3000).
+    let mut bulk = Vec::new();
+    for w in 0..WRITERS {
+        for part in 0..4 {
+            let rows: Vec<Value> = (0..250)
+                .map(|j| {
+                    let i = 3000 + part * 250 + j;
+                    json!({"Stud_id": w * 4096 + i, "Stud_name": name(w, i), "Stud_marks": marks(w, i)})
+                })
+                .collect();
+            let (code, body) = src.post("/write", json!({ "data": rows })).await;
+            assert_eq!(code, 200, "bulk write: {body}");
+            bulk.extend((0..250).map(|j| w * 4096 + 3000 + part * 250 + j));
+        }
+    }
 
     // Writers: (key, value, completion time) of every acknowledged insert, and every key tried.
     let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<Vec<(i64, i64, Instant)>>> = Arc::default();
+    let acked: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::default();
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let (http, url) = (src.client().clone(), format!("{}/write", src.gateway_url()));
             let (stop, acked) = (stop.clone(), acked.clone());
             tokio::spawn(async move {
                 let mut tried = Vec::new();
-                for i in 0..4000 {
+                for i in 0..3000 {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    let (k, marks) = (w * 4096 + i, (i * 7 + w) % 100);
+                    let k = w * 4096 + i;
                     tried.push(k);
-                    let body = json!({"data": [{"Stud_id": k, "Stud_name": format!("w{w}-{i}"), "Stud_marks": marks}]});
+                    let body = json!({"data": [{"Stud_id": k, "Stud_name": name(w, i), "Stud_marks": marks(w, i)}]});
                     if let Ok(r) = http.post(&url).json(&body).send().await {
                         if r.status() == 200 {
-                            acked.lock().unwrap().push((k, marks, Instant::now()));
+                            acked.lock().unwrap().push((k, Instant::now()));
                         }
                     }
                 }
@@ -124,18 +153,19 @@ async fn backup_under_load_restores_every_acknowledged_write() {
         .collect();
 
     let count = || acked.lock().unwrap().len();
-    wait_for(Duration::from_secs(30), "300 acknowledged writes before the backup", || async {
-        count() >= 300
+    wait_for(Duration::from_secs(60), "800 acknowledged writes before the backup", || async {
+        count() >= 800
     })
     .await;
     let invoked = Instant::now();
+    let at_invoke = count();
     let (code, archive) = get_backup(&src, Some(TOKEN)).await;
     let took = invoked.elapsed();
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&archive));
-    let at_invoke = count();
+    let during = count() - at_invoke;
     // Writes go on after the backup; then stop.
-    wait_for(Duration::from_secs(30), "writes after the backup", || async {
-        count() >= at_invoke + 200
+    wait_for(Duration::from_secs(60), "writes after the backup", || async {
+        count() >= at_invoke + during + 300
     })
     .await;
     stop.store(true, Ordering::Relaxed);
@@ -144,11 +174,18 @@ async fn backup_under_load_restores_every_acknowledged_write() {
         tried.extend(w.await.expect("writer"));
     }
     let acked = acked.lock().unwrap().clone();
-    let before: Vec<_> = acked.iter().filter(|(_, _, t)| *t < invoked).collect();
+    let mut before: Vec<i64> = acked
+        .iter()
+        .filter(|(_, t)| *t < invoked)
+        .map(|a| a.0)
+        .collect();
+    before.extend(&bulk);
     println!(
-        "backup: {} bytes in {took:?}; {} writes acknowledged before it was asked for, {} in all",
+        "backup: {} bytes in {took:?}; {} writes acknowledged before it was asked for \
+         (+{} bulk rows), {during} while it ran, {} in all",
         archive.len(),
-        before.len(),
+        before.len() - bulk.len(),
+        bulk.len(),
         acked.len()
     );
 
@@ -200,22 +237,23 @@ async fn backup_under_load_restores_every_acknowledged_write() {
         })
         .collect();
     // Every write acknowledged before the backup was asked for is there, with its value.
-    for (k, marks, _) in &before {
+    for k in &before {
         let (w, i) = (k / 4096, k % 4096);
         assert_eq!(
             restored.get(k),
-            Some(&(format!("w{w}-{i}"), *marks)),
+            Some(&(name(w, i), marks(w, i))),
             "key {k}, acknowledged before the backup, was not restored"
         );
     }
     // Nothing that was never written; per shard, a prefix of the log: a writer's keys are
     // written one after another, so a restored key means its earlier acknowledged ones too.
     let acked_keys: BTreeSet<i64> = acked.iter().map(|a| a.0).collect();
-    for (k, (name, marks)) in &restored {
-        assert!(tried.contains(k), "key {k} was never written");
+    for (k, got) in &restored {
+        assert!(tried.contains(k) || bulk.contains(k), "key {k} was never written");
         let (w, i) = (k / 4096, k % 4096);
-        assert_eq!((name.as_str(), *marks), (format!("w{w}-{i}").as_str(), (i * 7 + w) % 100));
-        for j in 0..i {
+        assert_eq!(got, &(name(w, i), marks(w, i)), "key {k}");
+        // (The bulk rows were all written before the writers started.)
+        for j in 0..if i < 3000 { i } else { 0 } {
             let earlier = w * 4096 + j;
             assert!(
                 !acked_keys.contains(&earlier) || restored.contains_key(&earlier),
