@@ -150,7 +150,9 @@ pub fn header(path: &str, size: u64, mtime_s: u64) -> Result<[u8; BLOCK], String
     octal(&mut h[116..124], 0);
     if size >= 1 << 33 {
         // 11 octal digits: sizes up to 8 GiB.
-        return Err(format!("{path}: {size} bytes is over the 8 GiB a ustar entry holds"));
+        return Err(format!(
+            "{path}: {size} bytes is over the 8 GiB a ustar entry holds"
+        ));
     }
     octal(&mut h[124..136], size);
     octal(&mut h[136..148], mtime_s);
@@ -275,14 +277,21 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("a.tar");
         let mut out = Vec::new();
-        for (name, body) in [("backup.json", &b"{}"[..]), ("shards/sh1.sqlite", &[7u8; 700])] {
+        for (name, body) in [
+            ("backup.json", &b"{}"[..]),
+            ("shards/sh1.sqlite", &[7u8; 700]),
+        ] {
             out.extend_from_slice(&header(name, body.len() as u64, 0).unwrap());
             out.extend_from_slice(body);
             out.extend(std::iter::repeat_n(0u8, padding(body.len() as u64)));
         }
         out.extend_from_slice(&END);
         std::fs::write(&path, &out).unwrap();
-        let Ok(listed) = std::process::Command::new("tar").arg("tf").arg(&path).output() else {
+        let Ok(listed) = std::process::Command::new("tar")
+            .arg("tf")
+            .arg(&path)
+            .output()
+        else {
             eprintln!("no tar command: skipped");
             return;
         };

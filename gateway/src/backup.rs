@@ -255,7 +255,11 @@ async fn write_archive(
         let mut put = |b: Bytes| {
             total += b.len() as u64;
             let mut tx = tx.clone();
-            async move { tx.send(Ok(b)).await.map_err(|_| "the client went away".to_string()) }
+            async move {
+                tx.send(Ok(b))
+                    .await
+                    .map_err(|_| "the client went away".to_string())
+            }
         };
         put(Bytes::copy_from_slice(&backup::header(
             backup::MANIFEST,
@@ -268,7 +272,12 @@ async fn write_archive(
         put(Bytes::from(vec![0u8; pad])).await?;
         for mut s in sources {
             let size = s.shard.bytes;
-            put(Bytes::copy_from_slice(&backup::header(&s.shard.file, size, mtime)?)).await?;
+            put(Bytes::copy_from_slice(&backup::header(
+                &s.shard.file,
+                size,
+                mtime,
+            )?))
+            .await?;
             let mut got = 0u64;
             loop {
                 let chunk = (s.body.chunk().await)
@@ -331,10 +340,7 @@ async fn forward_restore(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let url = format!(
-        "{}/restore",
-        state.config.manager_url.trim_end_matches('/')
-    );
+    let url = format!("{}/restore", state.config.manager_url.trim_end_matches('/'));
     let uri: Uri = url
         .parse()
         .map_err(|e| ApiError::Internal(format!("manager url {url}: {e}")))?;
@@ -345,8 +351,7 @@ async fn forward_restore(
     let req = req
         .body(body)
         .map_err(|e| ApiError::Internal(format!("restore request: {e}")))?;
-    let client: LegacyClient<_, Body> =
-        LegacyClient::builder(TokioExecutor::new()).build_http();
+    let client: LegacyClient<_, Body> = LegacyClient::builder(TokioExecutor::new()).build_http();
     let unreachable = |e: String| {
         ApiError::Unavailable(format!(
             "manager at {} did not answer the restore: {e}",

@@ -58,10 +58,9 @@ impl Drop for StagingDir {
 
 impl<R: Runtime> ControlPlane<R> {
     pub async fn restore(&self, body: Body) -> Result<Done, ApiError> {
-        let mut reader = StreamReader::new(TryStreamExt::map_err(
-            body.into_data_stream(),
-            |e| std::io::Error::other(e.to_string()),
-        ));
+        let mut reader = StreamReader::new(TryStreamExt::map_err(body.into_data_stream(), |e| {
+            std::io::Error::other(e.to_string())
+        }));
         let _admin = self.admin.lock().await;
         if let Err(e) = self.check_unconfigured().await {
             drain(&mut reader).await;
@@ -96,8 +95,7 @@ impl<R: Runtime> ControlPlane<R> {
     async fn check_unconfigured(&self) -> Result<(), ApiError> {
         if self.meta.fresh().await?.is_some() {
             return Err(ApiError::Conflict(
-                "the cluster is already configured: a backup is restored into a new cluster"
-                    .into(),
+                "the cluster is already configured: a backup is restored into a new cluster".into(),
             ));
         }
         Ok(())
@@ -111,7 +109,9 @@ impl<R: Runtime> ControlPlane<R> {
         let mut shards = plan.shards;
         assign_primaries(&mut shards, &servers, &BTreeMap::new());
         for s in &mut shards {
-            let b = m.shard(s.id.as_str()).expect("checked: every shard is in the manifest");
+            let b = m
+                .shard(s.id.as_str())
+                .expect("checked: every shard is in the manifest");
             // The backup's primary again when it holds the shard (it always does, unless the
             // metadata was between an election and its placement).
             if let Some(p) = &b.primary {
@@ -121,16 +121,23 @@ impl<R: Runtime> ControlPlane<R> {
             }
             s.term = Term(b.term.get() + 1);
         }
-        for s in &shards {
-            let b = m.shard(s.id.as_str()).expect("checked");
-            self.wal.reset_stream(&s.id).await?;
-            self.wal.continue_after(&s.id, b.seq).await?;
-            let at = self.wal.append_marker_after(s, b.seq).await?;
-            tracing::info!(shard = %s.id, seq = %at, term = %s.term, "restored stream continues after the snapshot");
+        // Streams, servers and snapshots; undone if any step fails (nothing is in the
+        // metadata yet, so the restore can be retried as it was).
+        let mut spawned = BTreeMap::new();
+        let prepared: Result<(), ApiError> = async {
+            for s in &shards {
+                let b = m.shard(s.id.as_str()).expect("checked");
+                self.wal.reset_stream(&s.id).await?;
+                self.wal.continue_after(&s.id, b.seq).await?;
+                let at = self.wal.append_marker_after(s, b.seq).await?;
+                tracing::info!(shard = %s.id, seq = %at, term = %s.term, "restored stream continues after the snapshot");
+            }
+            spawned = self.spawn_all(&servers).await?;
+            self.send_snapshots(&servers, &spawned, &staged.files).await
         }
-        let addrs = self.spawn_all(&servers).await?;
-        if let Err(e) = self.send_snapshots(&servers, &addrs, &staged.files).await {
-            for name in addrs.keys() {
+        .await;
+        if let Err(e) = prepared {
+            for name in spawned.keys() {
                 let _ = self.runtime.remove(name).await;
             }
             for s in &shards {
@@ -138,6 +145,7 @@ impl<R: Runtime> ControlPlane<R> {
             }
             return Err(e);
         }
+        let addrs = spawned;
         let mut meta = ClusterMeta {
             schema: plan.schema,
             shards: shards.clone(),
@@ -202,9 +210,8 @@ impl<R: Runtime> ControlPlane<R> {
     }
 }
 
-type UploadBody = StreamBody<
-    futures::stream::MapOk<ReaderStream<tokio::fs::File>, fn(Bytes) -> Frame<Bytes>>,
->;
+type UploadBody =
+    StreamBody<futures::stream::MapOk<ReaderStream<tokio::fs::File>, fn(Bytes) -> Frame<Bytes>>>;
 
 /// `PUT /snapshot/{shard}` on the server at `addr`, the body streamed from `file`.
 async fn upload(
@@ -281,7 +288,10 @@ async fn read_archive<Rd: AsyncRead + Unpin>(r: &mut Rd, dir: &Path) -> Result<S
                 ))
             })?;
         if files.contains_key(&shard.id) {
-            return Err(bad(format!("{:?} appears twice in the archive", entry.path)));
+            return Err(bad(format!(
+                "{:?} appears twice in the archive",
+                entry.path
+            )));
         }
         if entry.size != shard.bytes {
             return Err(bad(format!(
@@ -325,9 +335,7 @@ async fn read_archive<Rd: AsyncRead + Unpin>(r: &mut Rd, dir: &Path) -> Result<S
     Ok(Staged { manifest, files })
 }
 
-async fn next_entry<Rd: AsyncRead + Unpin>(
-    r: &mut Rd,
-) -> Result<Option<backup::Entry>, ApiError> {
+async fn next_entry<Rd: AsyncRead + Unpin>(r: &mut Rd) -> Result<Option<backup::Entry>, ApiError> {
     let mut block = [0u8; backup::BLOCK];
     read_full(r, &mut block, "a tar header").await?;
     backup::parse_header(&block).map_err(ApiError::BadRequest)

@@ -113,14 +113,19 @@ impl WalAdmin {
         let fail = |e: String| {
             ApiError::Unavailable(format!("shard {shard}: cannot set its stream's start: {e}"))
         };
-        let mut stream = (self.js.get_stream(wal::stream_name(shard)).await)
-            .map_err(|e| fail(e.to_string()))?;
+        let mut stream =
+            (self.js.get_stream(wal::stream_name(shard)).await).map_err(|e| fail(e.to_string()))?;
         stream
             .purge()
             .sequence(seq.get() + 1)
             .await
             .map_err(|e| fail(e.to_string()))?;
-        let state = stream.info().await.map_err(|e| fail(e.to_string()))?.state.clone();
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .state
+            .clone();
         if state.last_sequence != seq.get() || state.messages != 0 {
             return Err(fail(format!(
                 "after the purge it holds {} messages up to {}, expected none up to {seq}",

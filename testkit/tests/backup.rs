@@ -89,8 +89,7 @@ fn entries(archive: &[u8]) -> BTreeMap<String, Vec<u8>> {
     let mut at = 0;
     while at + 512 <= archive.len() && archive[at..at + 512].iter().any(|b| *b != 0) {
         let h = &archive[at..at + 512];
-        let name = String::from_utf8(h[..100].split(|b| *b == 0).next().unwrap().to_vec())
-            .unwrap();
+        let name = String::from_utf8(h[..100].split(|b| *b == 0).next().unwrap().to_vec()).unwrap();
         let size_field = std::str::from_utf8(&h[124..136]).unwrap();
         let size = u64::from_str_radix(size_field.trim_matches(['\0', ' ']), 8).unwrap() as usize;
         at += 512;
@@ -153,9 +152,11 @@ async fn backup_under_load_restores_every_acknowledged_write() {
         .collect();
 
     let count = || acked.lock().unwrap().len();
-    wait_for(Duration::from_secs(60), "800 acknowledged writes before the backup", || async {
-        count() >= 800
-    })
+    wait_for(
+        Duration::from_secs(60),
+        "800 acknowledged writes before the backup",
+        || async { count() >= 800 },
+    )
     .await;
     let invoked = Instant::now();
     let at_invoke = count();
@@ -164,9 +165,11 @@ async fn backup_under_load_restores_every_acknowledged_write() {
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&archive));
     let during = count() - at_invoke;
     // Writes go on after the backup; then stop.
-    wait_for(Duration::from_secs(60), "writes after the backup", || async {
-        count() >= at_invoke + during + 300
-    })
+    wait_for(
+        Duration::from_secs(60),
+        "writes after the backup",
+        || async { count() >= at_invoke + during + 300 },
+    )
     .await;
     stop.store(true, Ordering::Relaxed);
     let mut tried = BTreeSet::new();
@@ -219,8 +222,16 @@ async fn backup_under_load_restores_every_acknowledged_write() {
             .iter()
             .find(|x| x["Shard_id"] == id)
             .unwrap_or_else(|| panic!("{id} not in {st}"));
-        assert_eq!(now["term"].as_u64(), s["term"].as_u64().map(|t| t + 1), "{now}");
-        assert_eq!(now["wal_last_seq"].as_u64(), s["seq"].as_u64().map(|q| q + 1), "{now}");
+        assert_eq!(
+            now["term"].as_u64(),
+            s["term"].as_u64().map(|t| t + 1),
+            "{now}"
+        );
+        assert_eq!(
+            now["wal_last_seq"].as_u64(),
+            s["seq"].as_u64().map(|q| q + 1),
+            "{now}"
+        );
     }
 
     let rows = check::all_rows(&dst).await.expect("read the restored rows");
@@ -249,7 +260,10 @@ async fn backup_under_load_restores_every_acknowledged_write() {
     // written one after another, so a restored key means its earlier acknowledged ones too.
     let acked_keys: BTreeSet<i64> = acked.iter().map(|a| a.0).collect();
     for (k, got) in &restored {
-        assert!(tried.contains(k) || bulk.contains(k), "key {k} was never written");
+        assert!(
+            tried.contains(k) || bulk.contains(k),
+            "key {k} was never written"
+        );
         let (w, i) = (k / 4096, k % 4096);
         assert_eq!(got, &(name(w, i), marks(w, i)), "key {k}");
         // (The bulk rows were all written before the writers started.)
@@ -266,7 +280,9 @@ async fn backup_under_load_restores_every_acknowledged_write() {
         restored.len(),
         before.len()
     );
-    check::replicas_identical(&dst).await.expect("replicas identical");
+    check::replicas_identical(&dst)
+        .await
+        .expect("replicas identical");
 
     // New writes work, on every shard.
     for w in 0..WRITERS {
@@ -284,12 +300,17 @@ async fn backup_under_load_restores_every_acknowledged_write() {
                 json!({"Stud_id": {"low": k, "high": k}, "consistency": "linearizable"}),
             )
             .await;
-        assert_eq!((code, body["data"][0]["Stud_name"].clone()), (200, json!("after")));
+        assert_eq!(
+            (code, body["data"][0]["Stud_name"].clone()),
+            (200, json!("after"))
+        );
     }
     check::wait_converged(&dst, Duration::from_secs(10))
         .await
         .expect("replicas converge");
-    check::replicas_identical(&dst).await.expect("replicas identical after new writes");
+    check::replicas_identical(&dst)
+        .await
+        .expect("replicas identical after new writes");
 }
 
 /// Replaces `from` by `to` (same length) in the archive's `backup.json`.
@@ -311,7 +332,10 @@ async fn bad_requests_and_bad_archives_are_refused() {
     init_a1(&src).await;
     for k in [1, 5000, 9000, 13000] {
         let (code, body) = src
-            .post("/write", json!({"data": [{"Stud_id": k, "Stud_name": "x", "Stud_marks": 2}]}))
+            .post(
+                "/write",
+                json!({"data": [{"Stud_id": k, "Stud_name": "x", "Stud_marks": 2}]}),
+            )
             .await;
         assert_eq!(code, 200, "{body}");
     }
@@ -333,15 +357,27 @@ async fn bad_requests_and_bad_archives_are_refused() {
     let half = archive[..archive.len() / 2].to_vec();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("truncated", half, "truncated"),
-        ("truncated at the end", archive[..archive.len() - 1024].to_vec(), "truncated"),
+        (
+            "truncated at the end",
+            archive[..archive.len() - 1024].to_vec(),
+            "truncated",
+        ),
         ("not an archive", b"hello".repeat(200), "not a tar archive"),
-        ("unknown version", edit_manifest(&archive, "\"version\": 1", "\"version\": 7"), "unknown version 7"),
+        (
+            "unknown version",
+            edit_manifest(&archive, "\"version\": 1", "\"version\": 7"),
+            "unknown version 7",
+        ),
         (
             "schema mismatch",
             edit_manifest(&archive, "\"Stud_marks\"", "\"Stud_grade\""),
             "not the schema's",
         ),
-        ("another format", edit_manifest(&archive, "shardline-backup", "shardline-bakcup"), "not a shardline backup"),
+        (
+            "another format",
+            edit_manifest(&archive, "shardline-backup", "shardline-bakcup"),
+            "not a shardline backup",
+        ),
     ];
     for (what, bad, needle) in cases {
         let got = restore(&dst, bad, Some(TOKEN)).await;
@@ -357,14 +393,20 @@ async fn bad_requests_and_bad_archives_are_refused() {
     assert!(left.is_empty(), "left behind: {left:?}");
     let js = async_nats::jetstream::new(dst.nats().connect().await);
     for shard in ["sh1", "sh2", "sh3", "sh4"] {
-        assert!(js.get_stream(format!("WAL_{shard}")).await.is_err(), "{shard} has a stream");
+        assert!(
+            js.get_stream(format!("WAL_{shard}")).await.is_err(),
+            "{shard} has a stream"
+        );
     }
 
     let (code, body) = restore(&dst, archive.clone(), Some(TOKEN)).await;
     assert_eq!(code, 200, "{body}\n{}", dst.reports());
     dst.wait_ready(Duration::from_secs(60)).await;
     let rows = check::all_rows(&dst).await.unwrap();
-    let keys: Vec<i64> = rows.iter().map(|r| r["Stud_id"].as_i64().unwrap()).collect();
+    let keys: Vec<i64> = rows
+        .iter()
+        .map(|r| r["Stud_id"].as_i64().unwrap())
+        .collect();
     assert_eq!(keys, vec![1, 5000, 9000, 13000]);
     let (code, body) = restore(&dst, archive, Some(TOKEN)).await;
     check::failure(&(code, body), 409, "already configured").unwrap();
