@@ -66,7 +66,7 @@ pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
         ReadResponse, WriteRequest, UpdateRequest, DeleteRequest, SchemaDoc, ShardSpecDoc,
         InitRequestDoc, AddRequestDoc, AddResponse, RmRequestDoc, RmResponse, RmMessage,
         StatusResponse, ShardStatus, ReadyResponse, ServerRowsDoc, ShardId, ServerName,
-        ColumnName, Health,
+        ColumnName, Health, Archive,
     )),
     modifiers(&AdminToken),
     tags(
@@ -127,7 +127,7 @@ mod ops {
     #[utoipa::path(get, path = "/backup", tag = "admin",
         security((), ("admin_token" = [])),
         responses(
-            (status = 200, description = "A tar archive streamed as it is made: `backup.json` (format, version, schema, shards with the log position of each snapshot, server layout), then `shards/<id>.sqlite` per shard. Each snapshot includes every write acknowledged before the request", body = String, content_type = "application/x-tar"),
+            (status = 200, description = "A tar archive streamed as it is made: `backup.json` (format, version, schema, shards with the log position of each snapshot, server layout), then `shards/<id>.sqlite` per shard. Each snapshot includes every write acknowledged before the request", body = Archive, content_type = "application/x-tar"),
             (status = 400, description = "Not configured", body = Failure),
             (status = 401, description = "Admin token missing or wrong", body = Failure),
             (status = 503, description = "Metadata not loaded, NATS unreachable, or no replica of a shard caught up within 30 s", body = Failure),
@@ -135,8 +135,8 @@ mod ops {
     fn backup() {}
 
     #[utoipa::path(post, path = "/restore", tag = "admin",
-        request_body(content = String, content_type = "application/x-tar",
-            description = "An archive made by GET /backup"),
+        request_body(content = Archive, content_type = "application/octet-stream",
+            description = "An archive made by GET /backup (sent as application/x-tar or application/octet-stream: the content type is not checked)"),
         security((), ("admin_token" = [])),
         responses(
             (status = 200, description = "Restored: the backup's servers run, every shard holds its snapshot and takes writes", body = Message),
