@@ -326,6 +326,19 @@ fn edit_manifest(archive: &[u8], from: &str, to: &str) -> Vec<u8> {
     a
 }
 
+/// The archive with the first shard file's SQLite header overwritten (sizes unchanged, so the
+/// tar structure stays valid).
+fn corrupt_first_snapshot(archive: &[u8]) -> Vec<u8> {
+    let magic = b"SQLite format 3\0";
+    let at = archive
+        .windows(magic.len())
+        .position(|w| w == magic)
+        .expect("a SQLite file in the archive");
+    let mut a = archive.to_vec();
+    a[at..at + magic.len()].copy_from_slice(b"garbage garbage\0");
+    a
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_requests_and_bad_archives_are_refused() {
     let src = cluster().await;
@@ -372,6 +385,16 @@ async fn bad_requests_and_bad_archives_are_refused() {
             "schema mismatch",
             edit_manifest(&archive, "\"Stud_marks\"", "\"Stud_grade\""),
             "not the schema's",
+        ),
+        (
+            "a snapshot at another position",
+            edit_manifest(&archive, "\"term\": 1,", "\"term\": 7,"),
+            "but backup.json says",
+        ),
+        (
+            "a corrupted snapshot",
+            corrupt_first_snapshot(&archive),
+            "not a usable SQLite database",
         ),
         (
             "another format",
