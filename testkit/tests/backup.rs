@@ -208,8 +208,10 @@ async fn backup_under_load_restores_every_acknowledged_write() {
 
     // A fresh cluster: its own nats-server and directories.
     let dst = cluster().await;
+    let restoring = Instant::now();
     let (code, body) = restore(&dst, archive.clone(), Some(TOKEN)).await;
     assert_eq!(code, 200, "restore: {body}\n{}", dst.reports());
+    println!("restore: answered 200 after {:?}", restoring.elapsed());
     dst.wait_ready(Duration::from_secs(60)).await;
 
     // The log of each shard continues after its snapshot, in a new term.
