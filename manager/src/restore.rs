@@ -419,3 +419,105 @@ fn check_files(m: &Manifest, files: &BTreeMap<ShardId, PathBuf>) -> Result<(), S
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(bytes: u64) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "format": backup::FORMAT, "version": backup::VERSION, "created_ms": 1,
+            "schema": {"columns": ["Stud_id", "Stud_name"], "dtypes": ["Number", "String"]},
+            "shards": [{"Shard_id": "sh1", "Stud_id_low": 0, "Shard_size": 10, "primary": "S0",
+                        "seq": 5, "term": 1, "log_last_seq": 5, "source": "S0",
+                        "file": "shards/sh1.sqlite", "bytes": bytes}],
+            "servers": {"S0": ["sh1"]}
+        }))
+        .unwrap()
+    }
+
+    fn entry(out: &mut Vec<u8>, path: &str, body: &[u8]) {
+        out.extend_from_slice(&backup::header(path, body.len() as u64, 0).unwrap());
+        out.extend_from_slice(body);
+        out.extend(std::iter::repeat_n(0u8, backup::padding(body.len() as u64)));
+    }
+
+    /// An archive of the given entries, ended properly.
+    fn archive(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (p, b) in entries {
+            entry(&mut out, p, b);
+        }
+        out.extend_from_slice(&backup::END);
+        out
+    }
+
+    async fn read(bytes: Vec<u8>) -> Result<BTreeMap<ShardId, Vec<u8>>, String> {
+        let dir = std::env::temp_dir().join(format!("restore-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _cleanup = StagingDir(dir.clone());
+        let staged = read_archive(&mut &bytes[..], &dir)
+            .await
+            .map_err(|e| e.message())?;
+        Ok(staged
+            .files
+            .iter()
+            .map(|(k, p)| (k.clone(), std::fs::read(p).unwrap()))
+            .collect())
+    }
+
+    #[tokio::test]
+    async fn a_whole_archive_is_staged() {
+        let file = vec![7u8; 1000];
+        let m = manifest(1000);
+        let got = read(archive(&[
+            ("backup.json", &m),
+            ("shards/sh1.sqlite", &file),
+        ]))
+        .await
+        .unwrap();
+        assert_eq!(got[&ShardId::parse("sh1").unwrap()], file);
+    }
+
+    #[tokio::test]
+    async fn every_broken_archive_is_refused_naming_the_problem() {
+        let file = vec![7u8; 1000];
+        let m = manifest(1000);
+        let whole = archive(&[("backup.json", &m), ("shards/sh1.sqlite", &file)]);
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (Vec::new(), "ends early"),
+            (archive(&[]), "empty"),
+            (
+                archive(&[("shards/sh1.sqlite", &file), ("backup.json", &m)]),
+                "starts with \"shards/sh1.sqlite\"",
+            ),
+            (
+                archive(&[("backup.json", b"{nope")]),
+                "not a valid manifest",
+            ),
+            (archive(&[("backup.json", &m)]), "has no shards/sh1.sqlite"),
+            (
+                archive(&[("backup.json", &m), ("shards/sh1.sqlite", &file[..999])]),
+                "999 bytes but backup.json says 1000",
+            ),
+            (
+                archive(&[
+                    ("backup.json", &m),
+                    ("shards/sh1.sqlite", &file),
+                    ("shards/sh1.sqlite", &file),
+                ]),
+                "appears twice",
+            ),
+            (
+                archive(&[("backup.json", &m), ("shards/sh9.sqlite", &file)]),
+                "unexpected archive entry \"shards/sh9.sqlite\"",
+            ),
+            (whole[..512 + 512 + 512 + 700].to_vec(), "truncated"),
+            (whole[..whole.len() - 512].to_vec(), "truncated"),
+        ];
+        for (bytes, needle) in cases {
+            let e = read(bytes).await.unwrap_err();
+            assert!(e.contains(needle), "{e:?} does not say {needle:?}");
+        }
+    }
+}
