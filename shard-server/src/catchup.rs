@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use shardline::meta::{ClusterMeta, Health};
 use shardline::names::ShardId;
@@ -79,24 +79,62 @@ pub async fn copy_from(
     addr: &str,
     store: &Arc<Store>,
 ) -> anyhow::Result<Position> {
-    let path = server.data_dir.join(format!(
+    copy_with(&server.http, &server.data_dir, shard, addr, store).await
+}
+
+/// [`copy_from`] with the server's HTTP client and data directory (what a replica holds).
+pub async fn copy_with(
+    http: &reqwest::Client,
+    data_dir: &Path,
+    shard: &ShardId,
+    addr: &str,
+    store: &Arc<Store>,
+) -> anyhow::Result<Position> {
+    let incoming = Incoming(data_dir.join(format!(
         ".incoming-{shard}-{}.sqlite3",
         uuid::Uuid::new_v4()
-    ));
-    let result = download_and_install(server, shard, addr, store, &path).await;
-    store::remove_db_files(&path);
-    result
+    )));
+    download_and_install(http, shard, addr, store, &incoming.0).await
+}
+
+/// Removes the snapshot files a previous process of this server left in `data_dir` when it
+/// was killed while serving (`.snapshot-*`) or receiving (`.incoming-*`) one. Call it before
+/// anything can make new ones. Returns how many it removed.
+pub fn remove_stale_files(data_dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if (name.starts_with(".snapshot-") || name.starts_with(".incoming-"))
+            && std::fs::remove_file(e.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// The downloaded file, removed when dropped: after the install, after a failure, or when
+/// the replica stops mid-copy.
+struct Incoming(PathBuf);
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        store::remove_db_files(&self.0);
+    }
 }
 
 async fn download_and_install(
-    server: &Server,
+    http: &reqwest::Client,
     shard: &ShardId,
     addr: &str,
     store: &Arc<Store>,
     path: &Path,
 ) -> anyhow::Result<Position> {
-    let mut resp = server
-        .http
+    let mut resp = http
         .get(format!("http://{addr}/snapshot/{shard}"))
         .timeout(DOWNLOAD_TIMEOUT)
         .send()
@@ -142,6 +180,35 @@ async fn download_and_install(
         at == announced,
         "the snapshot of {shard} from {addr} holds position {at:?} but announced {announced:?}"
     );
-    tracing::info!(shard = %shard, server = %server.name, from = addr, seq = %at.seq, bytes, "snapshot installed");
+    tracing::info!(shard = %shard, from = addr, seq = %at.seq, bytes, "snapshot installed");
     Ok(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_snapshot_files_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            ".snapshot-sh1-1.sqlite3",
+            ".incoming-sh1-2.sqlite3",
+            ".incoming-sh1-2.sqlite3-journal",
+            "sh1.db",
+            "sh1.db-wal",
+            "server.log",
+        ] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        assert_eq!(remove_stale_files(dir.path()), 3);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["server.log", "sh1.db", "sh1.db-wal"]);
+        assert_eq!(remove_stale_files(&dir.path().join("missing")), 0);
+    }
 }

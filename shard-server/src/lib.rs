@@ -16,7 +16,7 @@
 //!     following the others'.
 //! - `store`: the SQLite database of one replica (rows + applied position), with
 //!   `store::apply` (applying entries) and `store::sql` (statements).
-//! - `catchup`: snapshot copy from a peer for a replica that starts empty.
+//! - `catchup`: snapshot copy from a peer (a replica that starts empty, or is re-seeded).
 //! - `restore`: a snapshot from a backup (`PUT /snapshot/{shard}`), installed when the shard
 //!   is opened.
 //! - `api`: the HTTP endpoints (docs/internal-api.md), with the bodies of
@@ -124,6 +124,13 @@ pub async fn run(
     let js = async_nats::jetstream::new(nats.clone());
     let meta = shardline::watch::spawn(js.clone());
 
+    let stale = catchup::remove_stale_files(&config.data_dir);
+    if stale > 0 {
+        tracing::info!(
+            files = stale,
+            "removed snapshot files left by a previous process"
+        );
+    }
     let server = Arc::new(Server::new(
         name,
         config.data_dir.clone(),

@@ -141,6 +141,8 @@ impl Server {
                     meta: self.meta.clone(),
                     commit_timeout: self.commit_timeout,
                     max_queued_writes: self.max_queued_writes,
+                    http: self.http.clone(),
+                    data_dir: self.data_dir.clone(),
                 },
             );
             self.replicas

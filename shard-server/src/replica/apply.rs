@@ -47,6 +47,8 @@ impl Replica {
     /// Follows the stream from the stored position until an error.
     async fn apply_stream(&self) -> anyhow::Result<()> {
         let started = Instant::now();
+        // Entries this replica still needs may have been purged: then it re-seeds first.
+        self.reseed_if_purged().await?;
         let mut stream = self.js.get_stream(wal::stream_name(&self.shard)).await?;
         let mut applied = self.store.position().seq;
         let asked = self.fresh.now();

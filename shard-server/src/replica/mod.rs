@@ -8,6 +8,8 @@
 //! - `announce`: each replica announces its applied sequence on a core-NATS subject; the
 //!   primary follows those announcements.
 //! - `quorum`: what the primary heard, and waiting until a majority applied an entry.
+//! - `reseed`: at the applier's (re)start, a replica whose next entry was purged from the
+//!   stream is marked recovering and installs a healthy peer's snapshot before following on.
 //! - `propose`: the primary's group commit: client requests queued to [`Replica::propose`]
 //!   are folded into WAL entries, appended, and answered once applied here and by a majority.
 //!
@@ -20,9 +22,11 @@ mod fresh;
 mod inflight;
 mod propose;
 mod quorum;
+mod reseed;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,6 +53,9 @@ pub struct ReplicaContext {
     pub commit_timeout: Duration,
     /// Most writes queued for the proposer before new ones are refused as overloaded.
     pub max_queued_writes: usize,
+    /// The server's HTTP client and data directory, for re-seeding from a peer's snapshot.
+    pub http: reqwest::Client,
+    pub data_dir: PathBuf,
 }
 
 pub struct Replica {
@@ -58,6 +65,8 @@ pub struct Replica {
     js: jetstream::Context,
     nats: async_nats::Client,
     meta: MetaRx,
+    http: reqwest::Client,
+    data_dir: PathBuf,
     /// The applied position as last committed by the applier (read by `/heartbeat`, the
     /// primary checks and the announcer without locking the store).
     applied: AtomicU64,
@@ -92,6 +101,8 @@ impl Replica {
             js: cx.js,
             nats: cx.nats,
             meta: cx.meta,
+            http: cx.http,
+            data_dir: cx.data_dir,
             applied: AtomicU64::new(at.seq.get()),
             term: AtomicU64::new(at.term.get()),
             recovering: AtomicBool::new(true),
@@ -111,6 +122,7 @@ impl Replica {
         replica.spawn(apply::apply_forever(replica.clone()));
         replica.spawn(fresh::poll_forever(replica.clone()));
         replica.spawn(fresh::tick_forever(replica.clone()));
+        replica.spawn(crate::store::reclaim_forever(replica.store.clone()));
         replica
     }
 

@@ -5,6 +5,7 @@
 //! - `apply`: applying WAL entries (deterministic: the outcome of an entry depends only on
 //!   the entry and the rows) and what each one did ([`Outcome`]).
 //! - `snapshot`: whole-database copies as SQLite files (`backup_to`, `install`).
+//! - `space`: giving the pages of deleted rows and the -wal file back to the file system.
 //! - this module: opening, reads, JSON snapshots and restores.
 //!
 //! Calls are synchronous and short (a prepared statement or a small transaction), so the
@@ -15,6 +16,7 @@
 
 mod apply;
 mod snapshot;
+mod space;
 mod sql;
 #[cfg(test)]
 mod tests;
@@ -30,6 +32,7 @@ use shardline::{Position, SyncMode};
 
 pub use self::apply::{BatchApplied, Outcome};
 pub(crate) use self::snapshot::remove_db_files;
+pub use self::space::reclaim_forever;
 use self::sql::{read_position, Statements};
 
 struct Writer {
@@ -43,6 +46,10 @@ const IDLE_READERS: usize = 4;
 /// Read connections opened with the store (reads run in place, so about one per worker
 /// thread is busy at a time).
 const WARM_READERS: usize = 2;
+/// How long a connection waits for a lock held by another one.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Size the -wal file is cut back to whenever SQLite restarts it from the beginning.
+const JOURNAL_SIZE_LIMIT: i64 = 4 * 1024 * 1024;
 
 pub struct Store {
     schema: Schema,
@@ -58,9 +65,13 @@ pub struct Store {
 impl Store {
     pub fn open(path: &Path, schema: &Schema, sync: SyncMode) -> rusqlite::Result<Store> {
         let mut conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Before the first table exists (a new file), so freed pages can be given back
+        // (`space`); an older file made without it is converted once below.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
         conn.pragma_update(None, "synchronous", sync.pragma())?;
+        conn.pragma_update_and_check(None, "journal_size_limit", JOURNAL_SIZE_LIMIT, |_| Ok(()))?;
         let cols: Vec<String> = schema
             .columns
             .iter()
@@ -95,6 +106,13 @@ impl Store {
             [],
         )?;
         tx.commit()?;
+        let auto_vacuum: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+        if auto_vacuum != 2 {
+            // A file from before incremental vacuum: rewriting it once makes the setting
+            // take effect (as long as a copy of the shard; only ever once per file).
+            tracing::info!(db = %path.display(), "converting to auto_vacuum=INCREMENTAL (VACUUM, once)");
+            conn.execute_batch("VACUUM")?;
+        }
         let at = read_position(&conn)?;
         let store = Store {
             schema: schema.clone(),
@@ -117,7 +135,7 @@ impl Store {
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.prepare_cached(&self.sql.range_json)?;
         conn.prepare_cached(&self.sql.exists)?;
         Ok(conn)

@@ -67,8 +67,7 @@ impl Store {
         w.conn.flush_prepared_statement_cache();
         // The copy went through this store's -wal: move it into the main file and give the
         // space back rather than leave a -wal the size of the shard.
-        w.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        super::space::truncate_wal(&w.conn)?;
         let at = read_position(&w.conn)?;
         w.at = at;
         Ok(at)
