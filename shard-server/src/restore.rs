@@ -82,11 +82,11 @@ pub async fn receive(server: &Server, shard: &ShardId, body: Body) -> Result<u64
 /// (`Store::install`: refused, changing nothing, when its `records` table is not this
 /// schema's) and removes the file. Call before the replica starts.
 pub async fn install_pending(
-    data_dir: &Path,
+    server: &Server,
     shard: &ShardId,
     store: &Arc<Store>,
 ) -> Result<Option<Position>, ApiError> {
-    let pending = pending_path(data_dir, shard);
+    let pending = pending_path(&server.data_dir, shard);
     if !pending.exists() {
         return Ok(None);
     }
