@@ -374,7 +374,14 @@ fn check_files(m: &Manifest, files: &BTreeMap<ShardId, PathBuf>) -> Result<(), S
     for s in &m.shards {
         let path = &files[&s.id];
         let what = |e: rusqlite::Error| format!("{}: not a usable SQLite database: {e}", s.file);
-        let uri = format!("file:{}?immutable=1", path.display());
+        // A URI (for `immutable=1`: no lock, no -wal or -shm made beside the staged file).
+        let escaped = path
+            .display()
+            .to_string()
+            .replace('%', "%25")
+            .replace('?', "%3f")
+            .replace('#', "%23");
+        let uri = format!("file:{escaped}?immutable=1");
         let conn = Connection::open_with_flags(
             &uri,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
