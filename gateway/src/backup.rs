@@ -143,14 +143,7 @@ async fn snapshot_of(
     deadline: Instant,
 ) -> Result<Source, ApiError> {
     let id = shard.id.as_str();
-    let mut candidates: Vec<(&ServerName, &str)> = meta
-        .replicas(id)
-        .filter_map(|n| {
-            let m = &meta.servers[n];
-            (m.health == shardline::meta::Health::Up).then_some((n, m.addr.as_str()))
-        })
-        .collect();
-    candidates.sort_by_key(|(n, _)| Some(*n) == shard.primary.as_ref());
+    let candidates = candidates(meta, shard);
     let mut why = format!("shard {id}: no replica is up");
     for _round in 0..(CATCH_UP_WAIT.as_millis() / POLL.as_millis()) {
         for (name, addr) in &candidates {
@@ -172,6 +165,31 @@ async fn snapshot_of(
     )))
 }
 
+/// The up replicas of `shard` that a snapshot may come from, in the order they are asked:
+/// secondaries (by name) first, the primary last.
+fn candidates<'m>(meta: &'m ClusterMeta, shard: &'m ShardMeta) -> Vec<(&'m ServerName, &'m str)> {
+    let mut c: Vec<(&'m ServerName, &'m str)> = meta
+        .replicas(shard.id.as_str())
+        .filter_map(|n| {
+            let m = &meta.servers[n];
+            (m.health == shardline::meta::Health::Up).then_some((n, m.addr.as_str()))
+        })
+        .collect();
+    c.sort_by_key(|(n, _)| Some(*n) == shard.primary.as_ref());
+    c
+}
+
+/// Whether `beat` is `name`'s and says its replica of `shard` is not recovering and has
+/// applied the log at least up to `last`: then its snapshot holds every write acknowledged
+/// before `last` was read.
+fn caught_up(beat: &Heartbeat, name: &ServerName, shard: &ShardMeta, last: Seq) -> bool {
+    beat.server == *name
+        && beat
+            .shards
+            .get(&shard.id)
+            .is_some_and(|p| !p.recovering && p.applied >= last)
+}
+
 /// The snapshot answer of `name` when it has applied at least `last`; `None` when it has not
 /// yet.
 async fn try_replica(
@@ -191,11 +209,7 @@ async fn try_replica(
         .json()
         .await
         .map_err(|e| format!("heartbeat: {e}"))?;
-    let ready = beat
-        .shards
-        .get(&shard.id)
-        .is_some_and(|p| !p.recovering && p.applied >= last);
-    if beat.server != *name || !ready {
+    if !caught_up(&beat, name, shard, last) {
         return Ok(None);
     }
     let resp = http
@@ -373,4 +387,92 @@ async fn forward_restore(
         StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
         &bytes,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use shardline::internal::ReplicaProgress;
+    use shardline::meta::{Health, ServerMeta};
+    use shardline::names::ShardId;
+    use shardline::schema::{Schema, SchemaSpec};
+
+    use super::*;
+
+    fn name(s: &str) -> ServerName {
+        ServerName::parse(s).unwrap()
+    }
+
+    fn shard() -> ShardMeta {
+        ShardMeta {
+            id: ShardId::parse("sh1").unwrap(),
+            low: 0,
+            size: 10,
+            primary: Some(name("S0")),
+            term: Term(2),
+        }
+    }
+
+    fn beat(server: &str, applied: u64, recovering: bool) -> Heartbeat {
+        Heartbeat {
+            server: name(server),
+            shards: [(
+                ShardId::parse("sh1").unwrap(),
+                ReplicaProgress {
+                    applied: Seq(applied),
+                    term: Term(2),
+                    recovering,
+                    stale_ms: None,
+                    stalled_ms: None,
+                },
+            )]
+            .into(),
+            nats_connected: true,
+        }
+    }
+
+    #[test]
+    fn only_a_replica_that_applied_the_log_end_is_caught_up() {
+        let (s, last) = (shard(), Seq(57));
+        assert!(caught_up(&beat("S1", 57, false), &name("S1"), &s, last));
+        assert!(caught_up(&beat("S1", 60, false), &name("S1"), &s, last));
+        assert!(!caught_up(&beat("S1", 56, false), &name("S1"), &s, last));
+        assert!(!caught_up(&beat("S1", 57, true), &name("S1"), &s, last));
+        // Another server now answers at that address.
+        assert!(!caught_up(&beat("S9", 57, false), &name("S1"), &s, last));
+    }
+
+    #[test]
+    fn secondaries_are_asked_before_the_primary_and_down_replicas_never() {
+        let sh1 = ShardId::parse("sh1").unwrap();
+        let server = |addr: &str, health| ServerMeta {
+            addr: addr.into(),
+            shards: vec![sh1.clone()],
+            health,
+            applied: BTreeMap::new(),
+        };
+        let meta = ClusterMeta {
+            schema: Schema::parse(&SchemaSpec {
+                columns: vec!["Stud_id".into()],
+                dtypes: vec!["Number".into()],
+            })
+            .unwrap(),
+            shards: vec![shard()],
+            servers: [
+                (name("S0"), server("a:0", Health::Up)),
+                (name("S1"), server("a:1", Health::Down)),
+                (name("S2"), server("a:2", Health::Up)),
+                (name("S3"), server("a:3", Health::Recovering)),
+                (name("S4"), server("a:4", Health::Up)),
+            ]
+            .into(),
+        };
+        let sh = shard();
+        let order: Vec<&str> = candidates(&meta, &sh)
+            .into_iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(order, ["S2", "S4", "S0"]);
+    }
 }
