@@ -43,6 +43,8 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
 /// A snapshot download that receives nothing for this long (while the gateway waits for it:
 /// a slow client is not counted) fails. Making the snapshot file counts too.
 const SNAPSHOT_SILENCE: Duration = Duration::from_secs(120);
+/// How long the rest of a refused restore body is read and dropped.
+const DRAIN: Duration = Duration::from_secs(60);
 /// Between two rounds over a shard's replicas.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -334,9 +336,12 @@ pub async fn restore(
     body: Body,
 ) -> Response {
     if let Err(e) = admin::authorize(state.config.admin_token.as_deref(), &headers) {
+        drain(body).await;
         return e.into_response();
     }
-    if let Topology::Configured(_) = &*state.topology.borrow().clone() {
+    let configured = matches!(&*state.topology.borrow().clone(), Topology::Configured(_));
+    if configured {
+        drain(body).await;
         return ApiError::Conflict(
             "the cluster is already configured: a backup is restored into a new cluster".into(),
         )
@@ -346,6 +351,17 @@ pub async fn restore(
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
+}
+
+/// Reads what the client sends of a refused archive (for at most [`DRAIN`]) and drops it: a
+/// client still writing its body when the answer comes would otherwise see the connection
+/// break (a broken pipe) instead of the answer.
+async fn drain(body: Body) {
+    let mut data = body.into_data_stream();
+    let _ = tokio::time::timeout(DRAIN, async {
+        while let Some(Ok(_)) = futures::StreamExt::next(&mut data).await {}
+    })
+    .await;
 }
 
 /// Streams the archive to the manager's `POST /restore` and passes its answer on.

@@ -81,6 +81,8 @@ impl<R: Runtime> ControlPlane<R> {
                 return Err(e);
             }
         };
+        // Whatever follows the end (tar pads archives to whole records with zeros).
+        drain(&mut reader).await;
         drop(reader);
         let checked = {
             let (m, f) = (staged.manifest.clone(), staged.files.clone());
@@ -360,6 +362,15 @@ async fn read_full<Rd: AsyncRead + Unpin>(
             "the archive could not be read ({what}): {e}"
         ))),
     }
+}
+
+/// Reads a refused body to its end (for at most [`DRAIN`]), so that the sender gets the
+/// answer rather than a broken connection.
+pub async fn drain_body(body: Body) {
+    let mut r = StreamReader::new(TryStreamExt::map_err(body.into_data_stream(), |e| {
+        std::io::Error::other(e.to_string())
+    }));
+    drain(&mut r).await;
 }
 
 /// Reads what is left of a refused body, for at most [`DRAIN`].

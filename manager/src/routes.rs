@@ -70,7 +70,10 @@ async fn restore<R: Runtime>(
     State(c): State<Arc<ControlPlane<R>>>,
     body: axum::body::Body,
 ) -> Result<Json<Done>, ApiError> {
-    c.lease.check()?;
+    if let Err(e) = c.lease.check() {
+        crate::restore::drain_body(body).await;
+        return Err(e);
+    }
     c.restore(body).await.map(Json)
 }
 
