@@ -83,6 +83,18 @@ pub struct Args {
     /// Keep each cluster's temp dir (logs, data) after a successful run.
     #[arg(long)]
     pub keep: bool,
+    /// The peer benchmark (make bench-peers): PostgreSQL, a primary and two streaming
+    /// standbys with quorum commit, durable and relaxed, measured with pgbench in the same
+    /// shapes beside shardline's A1 in default and durable mode, alternating `--rounds`
+    /// times; prints them side by side with the ratios. Ignores --configs and --sweeps.
+    #[arg(long)]
+    pub peers: bool,
+    /// PostgreSQL's bin directory for --peers (default: the newest /usr/lib/postgresql/*/bin).
+    #[arg(long)]
+    pub pg_bin: Option<PathBuf>,
+    /// Length of each pgbench phase (writes, reads) with --peers, seconds.
+    #[arg(long, default_value_t = 3)]
+    pub peer_seconds: u64,
 }
 
 pub fn variant(args: &Args) -> String {

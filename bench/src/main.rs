@@ -12,7 +12,7 @@
 //! handling), `workload`, `phases` (writes, reads), `baseline` (JetStream), `load` (the
 //! closed-loop driver), `http` (its client), `probe`/`procstat` (CPU, peak RSS), `verify`,
 //! `configuration` (one configuration's run), `sweeps`, `report` (table, medians),
-//! `charts`.
+//! `charts`, `peers` (`--peers`: PostgreSQL with quorum standbys beside A1).
 
 mod baseline;
 mod charts;
@@ -21,6 +21,7 @@ mod cluster;
 mod configuration;
 mod http;
 mod load;
+mod peers;
 mod phases;
 mod probe;
 mod procstat;
@@ -62,15 +63,18 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
         );
     }
     let durable_conf = resolve(&args.durable_conf);
-    if args.durable && !durable_conf.is_file() {
-        bail!("{} not found (needed by --durable)", durable_conf.display());
+    if (args.durable || args.peers) && !durable_conf.is_file() {
+        bail!(
+            "{} not found (needed by --durable and --peers)",
+            durable_conf.display()
+        );
     }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let opts = BenchOpts {
         bin_dir,
         nats_bin,
-        durable_conf: args.durable.then_some(durable_conf),
+        durable_conf: args.durable.then(|| durable_conf.clone()),
         sqlite_full: args.durable,
         keep_dirs: args.keep,
     };
@@ -98,6 +102,9 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
         args.random_keys,
         args.out.display()
     );
+    if args.peers {
+        return peers::run(&ctx, durable_conf).await;
+    }
     let mut all_ok = true;
     let mut runs: Vec<Vec<Value>> = vec![Vec::new(); args.configs.len()];
     for round in 1..=args.rounds.max(1) {
@@ -158,19 +165,27 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
+    // Both handlers are installed before anything runs: a Ctrl-C that arrives while the
+    // run is in blocking code (e.g. starting PostgreSQL for --peers) is then held until the
+    // run's next await, instead of killing the process with its servers left behind.
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
             eprintln!("shardline-bench: {e}");
             return ExitCode::FAILURE;
         }
     };
     // On Ctrl-C/SIGTERM the run future is dropped, and with it every Cluster (whose Drop
-    // stops all of its processes).
+    // stops all of its processes) and PostgreSQL set.
     let res = tokio::select! {
-        r = run(args) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        biased;
+        _ = int.recv() => Err(anyhow::anyhow!("interrupted")),
         _ = term.recv() => Err(anyhow::anyhow!("terminated")),
+        r = run(args) => r,
     };
     match res {
         Ok(true) => ExitCode::SUCCESS,

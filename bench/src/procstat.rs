@@ -49,3 +49,35 @@ pub fn self_cpu_seconds() -> f64 {
 pub fn self_peak_rss_mib() -> f64 {
     peak_rss_mib(std::process::id()).unwrap_or(0.0)
 }
+
+/// A process's parent, its own CPU and that of its reaped children, seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuTimes {
+    pub ppid: u32,
+    pub own_s: f64,
+    pub children_s: f64,
+}
+
+/// [`CpuTimes`] of a live (or zombie) process from `/proc/<pid>/stat`.
+pub fn cpu_times(pid: u32) -> Option<CpuTimes> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): ppid is field 4, utime 14, stime 15, cutime 16, cstime 17.
+    let num = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    let t = ticks_per_sec();
+    Some(CpuTimes {
+        ppid: fields.get(1)?.parse().ok()?,
+        own_s: (num(11)? + num(12)?) / t,
+        children_s: (num(13)? + num(14)?) / t,
+    })
+}
+
+/// User + system CPU seconds of this process's children that have been waited for.
+pub fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}

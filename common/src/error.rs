@@ -52,6 +52,10 @@ pub enum ApiError {
     /// 503: the log could not confirm the append (unreachable, rejected, too slow).
     #[error("{0}")]
     LogUnavailable(String),
+    /// 503: the shard's log no longer holds what its replicas applied (rolled back, purged
+    /// past every replica, deleted or re-created): the shard serves nothing until recovered.
+    #[error("{0}")]
+    LogFault(String),
     /// 503: the request was sent on and no answer came back: it may have been applied.
     #[error("{0}")]
     OutcomeUnknown(String),
@@ -78,6 +82,7 @@ pub enum ErrorCode {
     LogUnavailable,
     OutcomeUnknown,
     Internal,
+    LogFault,
     /// Only in the gateway's `/write` answer when some shards committed and others did not.
     PartialWrite,
 }
@@ -94,7 +99,7 @@ pub enum Effect {
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::NotFound,
@@ -109,6 +114,7 @@ impl ErrorCode {
         ErrorCode::LogUnavailable,
         ErrorCode::OutcomeUnknown,
         ErrorCode::Internal,
+        ErrorCode::LogFault,
         ErrorCode::PartialWrite,
     ];
 
@@ -128,6 +134,7 @@ impl ErrorCode {
             ErrorCode::LogUnavailable => "log_unavailable",
             ErrorCode::OutcomeUnknown => "outcome_unknown",
             ErrorCode::Internal => "internal",
+            ErrorCode::LogFault => "log_fault",
             ErrorCode::PartialWrite => "partial_write",
         }
     }
@@ -160,6 +167,7 @@ impl ErrorCode {
             | ErrorCode::NoQuorum
             | ErrorCode::LogUnavailable
             | ErrorCode::OutcomeUnknown
+            | ErrorCode::LogFault
             | ErrorCode::PartialWrite => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -181,6 +189,7 @@ impl ErrorCode {
             ErrorCode::LogUnavailable => "the log did not confirm the append",
             ErrorCode::OutcomeUnknown => "no answer came back from the shard's primary",
             ErrorCode::Internal => "an unexpected error",
+            ErrorCode::LogFault => "the shard's log lost entries its replicas applied (rolled back, purged, re-created): the shard serves nothing until recovered",
             ErrorCode::PartialWrite => "a multi-shard write committed on some shards only (`committed`, `failed`, `failed_codes`)",
         }
     }
@@ -229,6 +238,7 @@ impl ApiError {
             ApiError::LogUnavailable(_) => ErrorCode::LogUnavailable,
             ApiError::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,
             ApiError::Internal(_) => ErrorCode::Internal,
+            ApiError::LogFault(_) => ErrorCode::LogFault,
         }
     }
 
@@ -260,6 +270,7 @@ impl ApiError {
                 ApiError::OutcomeUnknown(message)
             }
             ErrorCode::Internal => ApiError::Internal(message),
+            ErrorCode::LogFault => ApiError::LogFault(message),
         }
     }
 

@@ -75,6 +75,61 @@ pub struct ReplicaProgress {
     /// nothing waiting). A primary stalled past the manager's limit is replaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stalled_ms: Option<u64>,
+    /// The replica found that its shard's stream no longer holds what it applied (README
+    /// "Log faults"): it serves nothing for the shard until the manager recovers it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<LogFaultKind>,
+    /// The identity of the stream the replica follows (its `created` time in ns), as stored
+    /// with its rows; `None` before it first looked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_id: Option<u64>,
+}
+
+/// What a replica found wrong with its shard's stream (README "Log faults").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFaultKind {
+    /// The stream does not exist.
+    Missing,
+    /// The stream is not the one the replica applied from (deleted and re-created).
+    Recreated,
+    /// The stream's last sequence is below the replica's applied one.
+    RolledBack,
+    /// The entry at the replica's applied sequence is not the one it applied.
+    Rewritten,
+    /// The stream's first sequence is past the replica's next one: entries it needs are
+    /// gone. Not latched: a re-seed from a peer that has them clears it.
+    BehindFirst,
+}
+
+impl LogFaultKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFaultKind::Missing => "missing",
+            LogFaultKind::Recreated => "recreated",
+            LogFaultKind::RolledBack => "rolled_back",
+            LogFaultKind::Rewritten => "rewritten",
+            LogFaultKind::BehindFirst => "behind_first",
+        }
+    }
+}
+
+impl fmt::Display for LogFaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `POST /adopt_log` on a shard server (the manager's log recovery): stop the replica of
+/// `shard`, copy a snapshot from the server at `from` if given, then take the shard's stream
+/// as it is now as the replica's log, provided it continues right after the replica's
+/// position, and start the replica again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdoptLogRequest {
+    pub shard: ShardId,
+    #[serde(default)]
+    pub from: Option<String>,
 }
 
 /// The guarantee a read asks for: the public `/read`'s `consistency` field, and the

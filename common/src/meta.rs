@@ -33,6 +33,14 @@ pub struct ShardMeta {
     pub size: i64,
     pub primary: Option<ServerName>,
     pub term: Term,
+    /// Set when the shard's log lost entries its replicas applied (README "Log faults"):
+    /// the shard is frozen (no reads, no writes, no elections) until the manager recovers it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
+    /// The identity (`created` time in ns) of the stream a log recovery agreed on; replicas
+    /// reporting another identity after that are re-seeded, not a reason to freeze.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_id: Option<u64>,
 }
 
 impl ShardMeta {
@@ -244,6 +252,8 @@ fn validate_new_shards(
             size: s.size,
             primary: None,
             term: Term::ZERO,
+            fault: None,
+            log_id: None,
         });
     }
     let mut all: Vec<&ShardMeta> = existing.iter().chain(&out).collect();

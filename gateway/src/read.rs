@@ -152,6 +152,7 @@ async fn read_part(
     consistency: ReadLevel,
 ) -> Result<Bytes, ApiError> {
     let shard = part.shard.as_str();
+    routing.check_not_frozen(shard)?;
     let req = upstream::encode(&ReadRequest {
         shard: part.shard.clone(),
         key: key.clone(),

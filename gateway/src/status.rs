@@ -58,14 +58,19 @@ fn render(
         .iter()
         .zip(last.iter().copied().chain(std::iter::repeat(None)))
         .map(|(s, last)| {
-            json!({
+            let mut shard = json!({
                 "Stud_id_low": s.low,
                 "Shard_id": s.id,
                 "Shard_size": s.size,
                 "primary": s.primary,
                 "term": s.term,
                 "wal_last_seq": last,
-            })
+            });
+            // Frozen after a log fault (README "Log faults"): why, until recovered.
+            if let (Some(fault), Some(m)) = (&s.fault, shard.as_object_mut()) {
+                m.insert("fault".into(), json!(fault));
+            }
+            shard
         })
         .collect();
     let servers: Map<String, Value> = meta
@@ -173,5 +178,10 @@ mod tests {
         assert_eq!(v["health"]["Server0"], "up");
         assert_eq!(v["applied"]["Server0"], json!({"sh1": 7, "sh2": 4}));
         assert_eq!(v["status"], "success");
+        assert_eq!(v["shards"][0].get("fault"), None);
+        // A shard frozen after a log fault says why.
+        meta.shards[1].fault = Some("Server0: rolled_back at applied 9".into());
+        let v = render(&meta, &[Some(Seq(9))], &[]);
+        assert_eq!(v["shards"][1]["fault"], "Server0: rolled_back at applied 9");
     }
 }

@@ -95,6 +95,17 @@ impl Target {
 }
 
 impl Routing {
+    /// Refuses a shard frozen after a log fault (README "Log faults"): it serves nothing, so
+    /// the gateway answers `log_fault` without calling any server.
+    pub fn check_not_frozen(&self, shard: &str) -> Result<(), ApiError> {
+        match self.meta.shard(shard).and_then(|s| s.fault.as_ref()) {
+            Some(why) => Err(ApiError::LogFault(format!(
+                "shard {shard} is frozen after a log fault ({why}); it serves nothing until it is recovered"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     pub fn new(meta: ClusterMeta, revision: u64, hash: RingHash) -> Routing {
         let rings = meta
             .shards

@@ -190,6 +190,7 @@ pub async fn to_primary(
     path: &str,
     body: Bytes,
 ) -> Result<Bytes, ApiError> {
+    state.topology.borrow().routing()?.check_not_frozen(shard)?;
     let send = |target: Target| {
         call(
             &state.upstream,

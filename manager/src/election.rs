@@ -62,11 +62,15 @@ impl Candidate {
     }
 
     /// Up, not excluded, answered, connected to NATS (a server that cannot reach NATS can
-    /// neither follow the log nor commit), and not catching up.
+    /// neither follow the log nor commit), not catching up, and without a log fault.
     pub fn eligible(&self) -> Option<Seq> {
         let p = self.progress?;
-        (!self.excluded && self.health == Health::Up && self.nats_connected && !p.recovering)
-            .then_some(p.applied)
+        (!self.excluded
+            && self.health == Health::Up
+            && self.nats_connected
+            && !p.recovering
+            && p.fault.is_none())
+        .then_some(p.applied)
     }
 }
 
@@ -112,6 +116,10 @@ impl<R: Runtime> ControlPlane<R> {
         // Another manager (or this one before a restart) may have moved on: re-read.
         let meta = self.meta.fresh().await?.ok_or_else(not_configured)?;
         let sm = shard_meta(&meta, shard)?;
+        if let Some(why) = &sm.fault {
+            tracing::warn!(shard = %shard, fault = %why, "no election on a shard frozen after a log fault");
+            return Ok(None);
+        }
         let mut candidates = Vec::new();
         for name in meta.replicas(shard.as_str()) {
             let sv = &meta.servers[name];
@@ -213,6 +221,9 @@ impl<R: Runtime> ControlPlane<R> {
         let _one_at_a_time = self.elections.lock().await;
         let meta = self.meta.fresh().await?.ok_or_else(not_configured)?;
         let sm = shard_meta(&meta, shard)?;
+        if sm.fault.is_some() {
+            return Ok(false); // frozen: the log recovery elects
+        }
         let tail = self.wal.tail(shard, MARKER_SCAN).await?;
         let Some(marker) = tail.marker.filter(|m| m.term > sm.term) else {
             return Ok(false);
@@ -259,6 +270,8 @@ mod tests {
                 recovering,
                 stale_ms: None,
                 stalled_ms: None,
+                fault: None,
+                log_id: None,
             }),
         }
     }
@@ -305,6 +318,16 @@ mod tests {
         assert_eq!(winner(&c), Some(("S6".into(), 3)));
         assert_eq!(winner(&c[..6]), None);
         assert_eq!(winner(&[]), None);
+    }
+
+    #[test]
+    fn a_replica_that_found_a_log_fault_is_never_elected() {
+        let mut faulty = candidate("S1", Health::Up, Some((90, false)));
+        if let Some(p) = faulty.progress.as_mut() {
+            p.fault = Some(shardline::internal::LogFaultKind::RolledBack);
+        }
+        let c = [faulty, candidate("S2", Health::Up, Some((10, false)))];
+        assert_eq!(winner(&c), Some(("S2".into(), 10)));
     }
 
     #[test]

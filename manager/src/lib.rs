@@ -7,7 +7,7 @@
 //!
 //! - [`control_plane`]: [`control_plane::ControlPlane`], the state every operation shares,
 //!   and the locks that keep operations from interleaving.
-//! - [`routes`]: the admin HTTP API (`/init`, `/add`, `/rm`, `/restore`, `/healthz`).
+//! - [`routes`]: the admin HTTP API (`/init`, `/add`, `/rm`, `/restore`, `/recover`, `/healthz`).
 //! - [`ops`]: the admin operations themselves; [`ops::placement`] names new servers and
 //!   spreads primaries.
 //! - [`restore`]: `/restore`, a new cluster from a backup archive (checked whole first).
@@ -18,8 +18,11 @@
 //! - [`bring_up`]: spawn → `/config` → caught up → up, for new and respawned servers.
 //! - [`monitor`]: heartbeat rounds, failover and respawns with back-off;
 //!   [`monitor::tracker`] is its per-server state machine.
+//! - [`log_recovery`]: freezing a shard whose stream lost entries its replicas applied, and
+//!   recovering it on the most advanced replica of a majority (README "Log faults").
 //! - [`wal_admin`]: the shards' JetStream streams and the term markers in them.
-//! - [`shard_client`]: the HTTP client to the shard servers (`/heartbeat`, `/config`).
+//! - [`shard_client`]: the HTTP client to the shard servers (`/heartbeat`, `/config`,
+//!   `/adopt_log`).
 //! - [`messages`]: the wording of the admin answers.
 //! - [`metadata`]: compare-and-set writes of the metadata document (the manager is its only
 //!   writer).
@@ -31,6 +34,7 @@ pub mod control_plane;
 pub mod election;
 pub mod failpoint;
 pub mod lease;
+pub mod log_recovery;
 pub mod messages;
 pub mod metadata;
 pub mod metrics;

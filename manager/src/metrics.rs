@@ -11,6 +11,8 @@
 //!   reported by the server's heartbeat
 //! - `shardline_manager_replica_lag{server, shard}`: entries this replica is behind the most
 //!   advanced replica of the shard (from the same heartbeat round)
+//! - `shardline_manager_log_faults_total{shard}`: shards frozen after a log fault
+//! - `shardline_manager_log_recoveries_total{shard}`: log recoveries completed
 
 use std::collections::BTreeMap;
 
@@ -25,6 +27,8 @@ pub const ELECTIONS: &str = "shardline_manager_elections_total";
 pub const RESPAWNS: &str = "shardline_manager_respawns_total";
 pub const APPLIED: &str = "shardline_manager_replica_applied_seq";
 pub const LAG: &str = "shardline_manager_replica_lag";
+pub const LOG_FAULTS: &str = "shardline_manager_log_faults_total";
+pub const LOG_RECOVERIES: &str = "shardline_manager_log_recoveries_total";
 
 /// Installs the process-wide recorder. Call once, before serving.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
@@ -33,6 +37,8 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_counter!(ELECTIONS, "Primaries elected");
     metrics::describe_counter!(RESPAWNS, "Servers respawned");
     metrics::describe_gauge!(APPLIED, "Last applied WAL sequence per replica");
+    metrics::describe_counter!(LOG_FAULTS, "Shards frozen after a log fault");
+    metrics::describe_counter!(LOG_RECOVERIES, "Log recoveries completed");
     metrics::describe_gauge!(
         LAG,
         "WAL entries a replica is behind the most advanced replica of its shard"

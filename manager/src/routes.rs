@@ -34,6 +34,7 @@ pub fn router<R: Runtime>(control: Arc<ControlPlane<R>>) -> Router {
         .route("/add", post(add::<R>))
         .route("/rm", delete(rm::<R>))
         .route("/restore", post(restore::<R>))
+        .route("/recover", post(recover::<R>))
         .route("/healthz", get(healthz::<R>))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(control)
@@ -83,4 +84,13 @@ async fn rm<R: Runtime>(
 ) -> Result<Json<RmResponse>, ApiError> {
     c.lease.check()?;
     c.rm(req).await.map(Json)
+}
+
+/// `POST /recover` (README "Log faults").
+async fn recover<R: Runtime>(
+    State(c): State<Arc<ControlPlane<R>>>,
+    ApiJson(req): ApiJson<crate::log_recovery::RecoverRequest>,
+) -> Result<Json<Done>, ApiError> {
+    c.lease.check()?;
+    c.recover_on(req).await.map(Json)
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use shardline::internal::{ConfigRequest, Heartbeat};
+use shardline::internal::{AdoptLogRequest, ConfigRequest, Heartbeat};
 use shardline::names::ServerName;
 
 /// Why a `/config` call failed.
@@ -14,8 +14,9 @@ pub enum ConfigError {
     #[error(transparent)]
     Unreachable(#[from] reqwest::Error),
     /// The server answered with a failure status.
-    #[error("/config answered {status}: {body}")]
+    #[error("{endpoint} answered {status}: {body}")]
     Refused {
+        endpoint: &'static str,
         status: reqwest::StatusCode,
         body: String,
     },
@@ -68,6 +69,34 @@ impl ShardClient {
         let status = resp.status();
         if !status.is_success() {
             return Err(ConfigError::Refused {
+                endpoint: "/config",
+                status,
+                body: resp.text().await.unwrap_or_default(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl ShardClient {
+    /// `POST /adopt_log` (README "Log faults"): the server takes the shard's stream as it is
+    /// now as its log, after copying a snapshot from `from` if given.
+    pub async fn adopt_log(
+        &self,
+        addr: &str,
+        request: &AdoptLogRequest,
+    ) -> Result<(), ConfigError> {
+        let resp = self
+            .http
+            .post(format!("http://{addr}/adopt_log"))
+            .json(request)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(ConfigError::Refused {
+                endpoint: "/adopt_log",
                 status,
                 body: resp.text().await.unwrap_or_default(),
             });
@@ -99,6 +128,8 @@ mod tests {
                     recovering: false,
                     stale_ms: None,
                     stalled_ms: None,
+                    fault: None,
+                    log_id: None,
                 },
             )]
             .into(),

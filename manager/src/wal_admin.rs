@@ -26,6 +26,10 @@ use crate::lease::Lease;
 /// back than this is one the metadata already records (or a lower term).
 pub const MARKER_SCAN: u64 = 512;
 
+/// How often [`WalAdmin::recreate_stream_at`] deletes and creates a stream that did not
+/// come back empty.
+const RECREATE_ATTEMPTS: u32 = 5;
+
 /// How many messages [`WalAdmin::tail`] fetches at once.
 const SCAN_CHUNK: u64 = 32;
 
@@ -138,6 +142,60 @@ impl WalAdmin {
     /// Deletes `shard`'s stream (undoing a restore that could not finish).
     pub async fn delete_stream(&self, shard: &ShardId) {
         let _ = self.js.delete_stream(wal::stream_name(shard)).await;
+    }
+
+    /// Deletes `shard`'s stream (if any) and creates it again, empty, with its first
+    /// sequence `first` (README "Log faults": the recovered log continues right after the
+    /// base replica's position). Returns the new stream's identity (`created`, ns).
+    ///
+    /// nats-server removes a deleted stream's files in the background, and a stream of the
+    /// same name created meanwhile can come back with the old messages: what was created is
+    /// checked, and deleted and created again (a few times, backing off) until it is empty.
+    pub async fn recreate_stream_at(&self, shard: &ShardId, first: Seq) -> Result<u64, ApiError> {
+        let name = wal::stream_name(shard);
+        let unavailable = |what: &str, e: String| {
+            ApiError::Unavailable(format!("shard {shard}: cannot {what} stream {name}: {e}"))
+        };
+        let mut backoff = Duration::from_millis(100);
+        for attempt in 1..=RECREATE_ATTEMPTS {
+            self.lease.check()?;
+            let _ = self.js.delete_stream(&name).await;
+            let mut stream = self
+                .js
+                .create_stream(stream::Config {
+                    name: name.clone(),
+                    description: Some(format!("shardline write-ahead log of shard {shard}")),
+                    subjects: vec![wal::subject(shard)],
+                    storage: stream::StorageType::File,
+                    num_replicas: self.replicas,
+                    duplicate_window: Duration::from_secs(120),
+                    first_sequence: Some(first.get()),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| unavailable("re-create", e.to_string()))?;
+            let info = stream
+                .info()
+                .await
+                .map_err(|e| unavailable("read", e.to_string()))?;
+            let st = &info.state;
+            if st.messages == 0
+                && st.first_sequence == first.get()
+                && st.last_sequence + 1 == first.get()
+            {
+                return Ok(info.created.unix_timestamp_nanos().max(0) as u64);
+            }
+            tracing::warn!(
+                shard = %shard, attempt, messages = st.messages, first = st.first_sequence,
+                last = st.last_sequence, want_first = first.get(),
+                "the re-created stream is not empty at the wanted first sequence (old files not removed yet); again"
+            );
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+        Err(ApiError::Unavailable(format!(
+            "shard {shard}: stream {name} did not come back empty at sequence {first} in {RECREATE_ATTEMPTS} attempts"
+        )))
     }
 
     /// The last sequence of `shard`'s stream, the term of its last entry, and the latest

@@ -8,6 +8,8 @@
 //! - `shardline_server_applied_seq{shard}`: last applied WAL sequence
 //! - `shardline_server_commit_duration_seconds{shard, outcome}` (histogram): a primary's
 //!   write from append to majority applied
+//! - `shardline_server_log_fault{shard}`: 1 while the replica has found a log fault
+//!   (README "Log faults"), else 0 once it had one
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -19,6 +21,7 @@ pub const APPLIED_ENTRIES: &str = "shardline_server_applied_entries_total";
 pub const APPLY_BATCH: &str = "shardline_server_apply_batch_entries";
 pub const APPLIED_SEQ: &str = "shardline_server_applied_seq";
 pub const COMMIT_SECONDS: &str = "shardline_server_commit_duration_seconds";
+pub const LOG_FAULT: &str = "shardline_server_log_fault";
 
 /// Installs the process-wide recorder once; later calls (a second server run in one test
 /// process) reuse it.
@@ -42,6 +45,10 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_counter!(APPLIED_ENTRIES, "WAL entries applied to SQLite");
     metrics::describe_histogram!(APPLY_BATCH, "WAL entries per applied batch");
     metrics::describe_gauge!(APPLIED_SEQ, "Last applied WAL sequence");
+    metrics::describe_gauge!(
+        LOG_FAULT,
+        "1 while the replica found that its stream lost entries it applied"
+    );
     metrics::describe_histogram!(
         COMMIT_SECONDS,
         metrics::Unit::Seconds,
@@ -66,4 +73,9 @@ pub fn applied(shard: &str, entries: usize, seq: shardline::Seq) {
 pub fn commit(shard: &str, outcome: &str, elapsed: Duration) {
     metrics::histogram!(COMMIT_SECONDS, "shard" => shard.to_owned(), "outcome" => outcome.to_owned())
         .record(elapsed.as_secs_f64());
+}
+
+/// Whether the replica of `shard` has a log fault now.
+pub fn log_fault(shard: &str, faulty: bool) {
+    metrics::gauge!(LOG_FAULT, "shard" => shard.to_owned()).set(if faulty { 1.0 } else { 0.0 });
 }

@@ -131,20 +131,7 @@ impl Server {
             if fresh {
                 crate::catchup::restore_from_peer(self, shard, &store).await;
             }
-            let replica = Replica::start(
-                shard.clone(),
-                store,
-                ReplicaContext {
-                    server: self.name.clone(),
-                    js: self.js.clone(),
-                    nats: self.nats.clone(),
-                    meta: self.meta.clone(),
-                    commit_timeout: self.commit_timeout,
-                    max_queued_writes: self.max_queued_writes,
-                    http: self.http.clone(),
-                    data_dir: self.data_dir.clone(),
-                },
-            );
+            let replica = self.start_replica(shard, store);
             self.replicas
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
@@ -152,6 +139,94 @@ impl Server {
             tracing::info!(server = %self.name, shard = %shard, "replica configured");
         }
         Ok(())
+    }
+
+    fn start_replica(&self, shard: &ShardId, store: Arc<Store>) -> Arc<Replica> {
+        Replica::start(
+            shard.clone(),
+            store,
+            ReplicaContext {
+                server: self.name.clone(),
+                js: self.js.clone(),
+                nats: self.nats.clone(),
+                meta: self.meta.clone(),
+                commit_timeout: self.commit_timeout,
+                max_queued_writes: self.max_queued_writes,
+                http: self.http.clone(),
+                data_dir: self.data_dir.clone(),
+            },
+        )
+    }
+
+    /// The manager's log recovery (README "Log faults"): stops the replica of `shard`,
+    /// replaces its rows with a snapshot from the server at `from` if given, takes the
+    /// shard's stream as it is now as its log, provided the stream continues right after the
+    /// replica's position, and starts a new replica (without the old one's fault).
+    pub async fn adopt_log(&self, shard: &ShardId, from: Option<&str>) -> Result<Seq, ApiError> {
+        let _guard = self.configuring.lock().await;
+        let old = self.replica(shard.as_str())?;
+        old.stop().await;
+        let store = old.store.clone();
+        let outcome = self.adopt_into(shard, from, &store).await;
+        // Started again whatever happened: if the log is still wrong it reports so again.
+        let replica = self.start_replica(shard, store);
+        self.replicas
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(shard.clone(), replica.clone());
+        if outcome.is_ok() {
+            // Answer once caught up with the adopted stream (at once: it continues right
+            // after the replica's position), so a peer's `/copy` from it is served.
+            let deadline = tokio::time::Instant::now() + self.commit_timeout;
+            while replica.is_recovering() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        outcome
+    }
+
+    async fn adopt_into(
+        &self,
+        shard: &ShardId,
+        from: Option<&str>,
+        store: &Arc<Store>,
+    ) -> Result<Seq, ApiError> {
+        if let Some(addr) = from {
+            crate::catchup::copy_from(self, shard, addr, store)
+                .await
+                .map_err(|e| {
+                    ApiError::Unavailable(format!(
+                        "shard {shard}: cannot copy a snapshot from {addr}: {e}"
+                    ))
+                })?;
+        }
+        let name = shardline::wal::stream_name(shard);
+        let unavailable = |e: String| {
+            ApiError::Unavailable(format!("shard {shard}: cannot read stream {name}: {e}"))
+        };
+        let mut stream =
+            (self.js.get_stream(&name).await).map_err(|e| unavailable(e.to_string()))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let at = store.position().seq;
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        if first > at.get() + 1 || last < at.get() {
+            return Err(ApiError::Conflict(format!(
+                "shard {shard}: stream {name} holds [{first}, {last}], which does not continue right after this replica's position {at}"
+            )));
+        }
+        let id = crate::replica::logcheck::log_id(info);
+        store
+            .set_log_id(id)
+            .map_err(|e| ApiError::Internal(format!("shard {shard}: {e}")))?;
+        crate::metrics::log_fault(shard.as_str(), false);
+        tracing::warn!(
+            server = %self.name, shard = %shard, seq = %at, log_id = id, copied_from = from.unwrap_or("-"),
+            "adopted the shard's stream as its log (log recovery)"
+        );
+        Ok(at)
     }
 
     /// Checks that this server is the primary of `shard` for the current term and has
@@ -176,7 +251,13 @@ impl Server {
                 primary: sm.primary.as_ref().map(|p| p.to_string()),
             });
         }
+        if let Some(why) = &sm.fault {
+            return Err(ApiError::LogFault(format!(
+                "shard {shard} is frozen after a log fault ({why}); it serves nothing until it is recovered"
+            )));
+        }
         let replica = self.replica(shard)?;
+        replica.check_log_serving()?;
         let applied_term = replica.progress().term;
         if applied_term != sm.term {
             return Err(ApiError::Unavailable(format!(

@@ -172,6 +172,9 @@ async fn round<R: Runtime>(
     }
     *reconcile_all &= !reconciled;
 
+    // A stream that lost entries its replicas applied: freeze the shard, then recover it.
+    control.log_faults(&meta, &beats).await;
+
     let Some(meta) = control.meta.get().await else {
         return Ok(());
     };
@@ -180,6 +183,9 @@ async fn round<R: Runtime>(
     let unfit = tracker.primaries(
         Instant::now(),
         meta.shards.iter().filter_map(|s| {
+            if s.fault.is_some() {
+                return None; // frozen: no elections until recovered
+            }
             let primary = s.primary.clone()?;
             Some(PrimarySighting {
                 shard: s.id.clone(),
@@ -210,7 +216,7 @@ async fn round<R: Runtime>(
                 .as_ref()
                 .and_then(|p| meta.servers.get(p))
                 .is_some_and(|sv| matches!(sv.health, Health::Up | Health::Recovering));
-            if !primary_ok {
+            if !primary_ok && s.fault.is_none() {
                 if let Err(e) = control.elect(&s.id, &[]).await {
                     tracing::warn!(shard = %s.id, error = %e, "election failed");
                 }

@@ -456,6 +456,8 @@ mod tests {
                     recovering: false,
                     stale_ms: None,
                     stalled_ms,
+                    fault: None,
+                    log_id: None,
                 },
             )]
             .into(),

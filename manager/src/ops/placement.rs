@@ -100,6 +100,8 @@ mod tests {
                 size: 10,
                 primary: None,
                 term: Term(0),
+                fault: None,
+                log_id: None,
             })
             .collect();
         let all = vec![sh("a"), sh("b"), sh("c"), sh("d")];

@@ -8,7 +8,8 @@ use axum::extract::State;
 use axum::Json;
 use shardline::body::ApiJson;
 use shardline::internal::{
-    ConfigRequest, CopyRequest, CopyResponse, Done, Heartbeat, ServerRows, Snapshot, Status,
+    AdoptLogRequest, ConfigRequest, CopyRequest, CopyResponse, Done, Heartbeat, ServerRows,
+    Snapshot, Status,
 };
 use shardline::schema::Schema;
 use shardline::ApiError;
@@ -98,4 +99,18 @@ pub async fn read_all(State(s): State<Arc<Server>>) -> Result<Json<ServerRows>, 
         shards,
         status: Status::Success,
     }))
+}
+
+/// `POST /adopt_log` (the manager's log recovery, README "Log faults").
+pub async fn adopt_log(
+    State(s): State<Arc<Server>>,
+    ApiJson(body): ApiJson<AdoptLogRequest>,
+) -> Result<Json<Done>, ApiError> {
+    let at = s.adopt_log(&body.shard, body.from.as_deref()).await?;
+    Ok(Json(Done::new(format!(
+        "{}:{} follows the shard's stream from sequence {}",
+        s.name,
+        body.shard,
+        at.next()
+    ))))
 }

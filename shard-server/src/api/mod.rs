@@ -21,6 +21,7 @@ pub fn router(server: Arc<Server>, body_limit: usize) -> Router {
     Router::new()
         .route("/heartbeat", get(admin::heartbeat))
         .route("/config", post(admin::config))
+        .route("/adopt_log", post(admin::adopt_log))
         .route("/copy", get(admin::copy).post(admin::copy))
         .route(
             "/snapshot/{shard}",

@@ -68,6 +68,7 @@ pub async fn read(
 
 /// The replica, if it is caught up within the maximum staleness.
 fn fresh_replica(s: &Server, replica: Arc<Replica>) -> Result<Arc<Replica>, ApiError> {
+    replica.check_log_serving()?;
     let shard = &replica.shard;
     if replica.is_recovering() {
         return Err(ApiError::Unavailable(format!(

@@ -32,6 +32,12 @@ const ACK_INTERVAL: Duration = Duration::from_millis(50);
 pub(super) async fn apply_forever(replica: Arc<Replica>) {
     let mut backoff = Duration::from_millis(50);
     loop {
+        if replica.latched() {
+            // The stream no longer holds what this replica applied: applying more of it
+            // would diverge. The manager's recovery starts a new replica (`/adopt_log`).
+            tracing::warn!(shard = %replica.shard, server = %replica.server, "applier stopped: log fault");
+            return;
+        }
         match replica.apply_stream().await {
             Ok(()) => backoff = Duration::from_millis(50),
             Err(e) => {
@@ -49,10 +55,19 @@ impl Replica {
         let started = Instant::now();
         // Entries this replica still needs may have been purged: then it re-seeds first.
         self.reseed_if_purged().await?;
-        let mut stream = self.js.get_stream(wal::stream_name(&self.shard)).await?;
+        let mut stream = match self.js.get_stream(wal::stream_name(&self.shard)).await {
+            Ok(s) => s,
+            Err(e) if super::logcheck::not_found(&e) => {
+                self.stream_missing();
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut applied = self.store.position().seq;
         let asked = self.fresh.now();
-        let target = Seq(stream.info().await?.state.last_sequence);
+        let info = stream.info().await?.clone();
+        self.check_at_start(&stream, &info).await?;
+        let target = Seq(info.state.last_sequence);
         self.fresh.learned(target, asked, applied);
         // The consumer is re-created at every (re)start so that it begins exactly after the
         // sequence stored with the data, whatever position it had before.
@@ -117,7 +132,12 @@ impl Replica {
                     .map_err(|e| anyhow::anyhow!("{e}"))?
                     .stream_sequence);
                 if seq <= applied {
-                    continue;
+                    // The consumer starts after the applied sequence, so this is a
+                    // redelivery, or the consumer's own state went back with a rolled-back
+                    // store: restart, which checks the log again (`logcheck`).
+                    anyhow::bail!(
+                        "entry {seq} delivered at or below the applied sequence {applied}; checking the log again"
+                    );
                 }
                 let expected = Seq(applied.get() + 1 + entries.len() as u64);
                 if seq != expected {
@@ -159,13 +179,18 @@ impl Replica {
     /// answering `/heartbeat` and reads meanwhile.
     async fn commit(&self, entries: Vec<(Seq, Bytes)>) -> anyhow::Result<store::BatchApplied> {
         let bytes: usize = entries.iter().map(|(_, p)| p.len()).sum();
+        // The last entry's fingerprint, stored with the position (`logcheck`).
+        let hash = entries.last().map(|(_, p)| store::fingerprint(p));
         if self.store.is_durable() || bytes > IN_PLACE_BYTES {
-            let done = store::blocking(&self.store, move |s| s.apply(&decode(&entries))).await;
+            let done = store::blocking(&self.store, move |s| {
+                s.apply_hashed(&decode(&entries), hash)
+            })
+            .await;
             // Let the tasks that waited meanwhile run before the next batch.
             tokio::task::yield_now().await;
             done
         } else {
-            Ok(self.store.apply(&decode(&entries))?)
+            Ok(self.store.apply_hashed(&decode(&entries), hash)?)
         }
     }
 

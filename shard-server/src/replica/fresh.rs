@@ -157,23 +157,40 @@ pub(super) async fn poll_forever(replica: Arc<Replica>) {
     loop {
         tick.tick().await;
         let asked = replica.fresh.now();
-        let last = tokio::time::timeout(POLL_TIMEOUT, async {
+        // Read before asking: a stream that ends below it lost entries (`logcheck`).
+        let applied_before = replica.progress().applied;
+        let mut missing = false;
+        let answer = tokio::time::timeout(POLL_TIMEOUT, async {
             if stream.is_none() {
-                stream = Some(replica.js.get_stream(&name).await.ok()?);
+                match replica.js.get_stream(&name).await {
+                    Ok(s) => stream = Some(s),
+                    Err(e) => {
+                        missing = super::logcheck::not_found(&e);
+                        return None;
+                    }
+                }
             }
-            let info = stream.as_ref()?.get_info().await.ok()?;
-            Some(Seq(info.state.last_sequence))
+            stream.as_ref()?.get_info().await.ok()
         })
         .await;
-        match last {
-            Ok(Some(last)) => {
+        match answer {
+            Ok(Some(info)) => {
                 replica.fresh.heard();
-                replica
-                    .fresh
-                    .learned(last, asked, replica.progress().applied)
+                replica.check_polled(&info, applied_before);
+                replica.fresh.learned(
+                    Seq(info.state.last_sequence),
+                    asked,
+                    replica.progress().applied,
+                )
             }
             // The stream may have been re-created: look it up again next time.
-            _ => stream = None,
+            _ => {
+                if missing {
+                    replica.fresh.heard();
+                    replica.stream_missing();
+                }
+                stream = None
+            }
         }
     }
 }

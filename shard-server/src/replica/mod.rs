@@ -20,6 +20,7 @@ mod announce;
 mod apply;
 mod fresh;
 mod inflight;
+pub mod logcheck;
 mod propose;
 mod quorum;
 mod reseed;
@@ -76,6 +77,12 @@ pub struct Replica {
     applied_changed: Notify,
     /// Staleness against the stream's last sequence.
     fresh: fresh::Freshness,
+    /// A log fault this replica found (`logcheck`).
+    fault: Mutex<Option<logcheck::Fault>>,
+    /// Since when JetStream has said the stream does not exist (`logcheck`).
+    missing_since: Mutex<Option<std::time::Instant>>,
+    /// The identity of the stream it follows, as stored (0: not known yet).
+    log_id: AtomicU64,
     /// Writes waiting to commit, for `stalled_ms`.
     inflight: inflight::InFlight,
     /// Writes this server appended and is waiting on, by `Nats-Msg-Id`.
@@ -94,6 +101,7 @@ impl Replica {
         let at = store.position();
         let (proposals, proposed) = mpsc::channel(cx.max_queued_writes.max(1));
         let quorum = Quorum::new(shard.clone(), cx.meta.clone());
+        let log_id = AtomicU64::new(store.log_identity().log_id.unwrap_or(0));
         let replica = Arc::new(Replica {
             shard,
             store,
@@ -108,6 +116,9 @@ impl Replica {
             recovering: AtomicBool::new(true),
             applied_changed: Notify::new(),
             fresh: fresh::Freshness::new(),
+            fault: Mutex::new(None),
+            missing_since: Mutex::new(None),
+            log_id,
             inflight: inflight::InFlight::default(),
             pending: Mutex::new(HashMap::new()),
             quorum,
@@ -141,6 +152,11 @@ impl Replica {
             recovering: self.recovering.load(Ordering::Acquire),
             stale_ms: self.fresh.stale_ms(),
             stalled_ms: self.inflight.oldest_ms(),
+            fault: self.fault(),
+            log_id: match self.log_id.load(Ordering::Acquire) {
+                0 => None,
+                id => Some(id),
+            },
         }
     }
 

@@ -154,6 +154,8 @@ mod tests {
                 size: 10,
                 primary: Some(name(holders[0])),
                 term: Term(1),
+                fault: None,
+                log_id: None,
             }],
             servers,
         }

@@ -48,13 +48,13 @@ pub(crate) struct Candidate {
 }
 
 /// The candidates that can give a snapshot the log can be followed from, best first: not
-/// recovering, applied at least `first - 1`; the primary first, then by applied, highest
+/// recovering, without a log fault (README "Log faults"), applied at least `first - 1`; the primary first, then by applied, highest
 /// first.
 pub(crate) fn rank(mut candidates: Vec<Candidate>, first: Seq) -> Vec<Candidate> {
     candidates.retain(|c| {
         c.progress
             .as_ref()
-            .is_some_and(|p| !p.recovering && !needs_reseed(p.applied, first))
+            .is_some_and(|p| !p.recovering && p.fault.is_none() && !needs_reseed(p.applied, first))
     });
     candidates.sort_by_key(|c| {
         let applied = c.progress.as_ref().map_or(0, |p| p.applied.get());
@@ -210,6 +210,8 @@ mod tests {
                 recovering,
                 stale_ms: None,
                 stalled_ms: None,
+                fault: None,
+                log_id: None,
             }),
         }
     }

@@ -49,15 +49,27 @@ pub struct BatchApplied {
 impl Store {
     /// Applies a batch of `(seq, entry)` in one transaction. Entries at or below the stored
     /// sequence are ignored (a redelivery); the caller guarantees there is no gap.
+    #[cfg(test)]
     pub fn apply(
         &self,
         batch: &[(Seq, Result<WalEntry, String>)],
+    ) -> rusqlite::Result<BatchApplied> {
+        self.apply_hashed(batch, None)
+    }
+
+    /// As [`Store::apply`], storing `last_hash` (the [`super::fingerprint`] of the last
+    /// entry's payload) with the position, so a rewritten log is noticed.
+    pub fn apply_hashed(
+        &self,
+        batch: &[(Seq, Result<WalEntry, String>)],
+        last_hash: Option<u64>,
     ) -> rusqlite::Result<BatchApplied> {
         let mut w = lock(&self.writer);
         let Position {
             seq: mut applied,
             mut term,
         } = w.at;
+        let stored_hash = w.log.last_hash;
         let tx = w.conn.transaction()?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for (seq, entry) in batch {
@@ -72,9 +84,15 @@ impl Store {
             outcomes.push((*seq, outcome));
         }
         let at = Position { seq: applied, term };
-        set_position(&tx, at)?;
+        let last_hash = if outcomes.is_empty() {
+            stored_hash
+        } else {
+            last_hash
+        };
+        set_position(&tx, at, last_hash)?;
         tx.commit()?;
         w.at = at;
+        w.log.last_hash = last_hash;
         Ok(BatchApplied { at, outcomes })
     }
 

@@ -33,12 +33,15 @@ use shardline::{Position, SyncMode};
 pub use self::apply::{BatchApplied, Outcome};
 pub(crate) use self::snapshot::remove_db_files;
 pub use self::space::reclaim_forever;
-use self::sql::{read_position, Statements};
+pub use self::sql::{fingerprint, LogIdentity};
+use self::sql::{migrate_log_identity, read_log_identity, read_position, set_log_id, Statements};
 
 struct Writer {
     conn: Connection,
     /// The position committed last (what `replica_state` holds).
     at: Position,
+    /// The log identity committed last.
+    log: LogIdentity,
 }
 
 /// Idle read connections kept for reuse; more are opened when all are busy.
@@ -105,6 +108,7 @@ impl Store {
             "INSERT OR IGNORE INTO replica_state (id, applied_seq, term) VALUES (1, 0, 0)",
             [],
         )?;
+        migrate_log_identity(&tx)?;
         tx.commit()?;
         let auto_vacuum: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
         if auto_vacuum != 2 {
@@ -114,12 +118,13 @@ impl Store {
             conn.execute_batch("VACUUM")?;
         }
         let at = read_position(&conn)?;
+        let log = read_log_identity(&conn)?;
         let store = Store {
             schema: schema.clone(),
             sql: Statements::new(schema),
             path: path.to_owned(),
             sync,
-            writer: Mutex::new(Writer { conn, at }),
+            writer: Mutex::new(Writer { conn, at, log }),
             readers: Mutex::new(Vec::new()),
         };
         // Readers opened now, their statements prepared, so the first reads do not pay.
@@ -150,6 +155,23 @@ impl Store {
     /// The applied sequence and term as committed.
     pub fn position(&self) -> Position {
         lock(&self.writer).at
+    }
+
+    /// The identity of the log the replica applied from, as committed.
+    pub fn log_identity(&self) -> LogIdentity {
+        lock(&self.writer).log
+    }
+
+    /// Takes the stream identified by `log_id` as the replica's log from its current
+    /// position on (a fresh replica's first look, or a log recovery).
+    pub fn set_log_id(&self, log_id: u64) -> rusqlite::Result<()> {
+        let mut w = lock(&self.writer);
+        set_log_id(&w.conn, log_id)?;
+        w.log = LogIdentity {
+            log_id: Some(log_id),
+            last_hash: None,
+        };
+        Ok(())
     }
 
     /// Runs `f` on an idle read connection (opening one when all are busy). Readers see the

@@ -11,7 +11,7 @@ use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{ffi, Connection, OpenFlags};
 use shardline::Position;
 
-use super::sql::read_position;
+use super::sql::{migrate_log_identity, read_log_identity, read_position};
 use super::{lock, Store};
 
 /// Attempts of one backup step that SQLite answered busy or locked (a checkpoint or
@@ -68,8 +68,12 @@ impl Store {
         // The copy went through this store's -wal: move it into the main file and give the
         // space back rather than leave a -wal the size of the shard.
         super::space::truncate_wal(&w.conn)?;
+        // A file made before the log identity existed gains its columns; the identity
+        // comes with the copy (the peer's log, README "Log faults").
+        migrate_log_identity(&w.conn)?;
         let at = read_position(&w.conn)?;
         w.at = at;
+        w.log = read_log_identity(&w.conn)?;
         Ok(at)
     }
 }

@@ -80,8 +80,84 @@ pub(super) fn read_position(conn: &Connection) -> rusqlite::Result<Position> {
     )
 }
 
-pub(super) fn set_position(conn: &Connection, at: Position) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE replica_state SET applied_seq = ?, term = ? WHERE id = 1")?
-        .execute(params![at.seq.get() as i64, at.term.get() as i64])?;
+/// Stores the applied position with the fingerprint of the entry at it (`None`: unknown,
+/// e.g. after a snapshot restore), in the caller's transaction.
+pub(super) fn set_position(
+    conn: &Connection,
+    at: Position,
+    last_hash: Option<u64>,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE replica_state SET applied_seq = ?, term = ?, last_hash = ? WHERE id = 1",
+    )?
+    .execute(params![
+        at.seq.get() as i64,
+        at.term.get() as i64,
+        last_hash.map(|h| h as i64)
+    ])?;
     Ok(())
+}
+
+/// Adds the log identity columns to a `replica_state` made before they existed.
+pub(super) fn migrate_log_identity(conn: &Connection) -> rusqlite::Result<()> {
+    let mut cols = Vec::new();
+    {
+        let mut info = conn.prepare("PRAGMA table_info(replica_state)")?;
+        let names = info.query_map([], |r| r.get::<_, String>(1))?;
+        for n in names {
+            cols.push(n?);
+        }
+    }
+    for (col, ty) in [("log_id", "INTEGER"), ("last_hash", "INTEGER")] {
+        if !cols.iter().any(|c| c == col) {
+            conn.execute(
+                &format!("ALTER TABLE replica_state ADD COLUMN {col} {ty}"),
+                [],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The identity of the stream the replica applies from and the fingerprint of the entry at
+/// its applied sequence, as stored (`None`: not known).
+pub(super) fn read_log_identity(conn: &Connection) -> rusqlite::Result<LogIdentity> {
+    conn.query_row(
+        "SELECT log_id, last_hash FROM replica_state WHERE id = 1",
+        [],
+        |r| {
+            Ok(LogIdentity {
+                log_id: r.get::<_, Option<i64>>(0)?.map(|v| v as u64),
+                last_hash: r.get::<_, Option<i64>>(1)?.map(|v| v as u64),
+            })
+        },
+    )
+}
+
+pub(super) fn set_log_id(conn: &Connection, log_id: u64) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE replica_state SET log_id = ?, last_hash = NULL WHERE id = 1",
+        params![log_id as i64],
+    )?;
+    Ok(())
+}
+
+/// What a replica knows of the log it applied (README "Log faults").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogIdentity {
+    /// The stream's `created` time in ns.
+    pub log_id: Option<u64>,
+    /// FNV-1a of the payload of the entry at the applied sequence.
+    pub last_hash: Option<u64>,
+}
+
+/// FNV-1a (64 bit) of an entry's payload: a fingerprint that stays the same across builds
+/// and platforms (it is stored).
+pub fn fingerprint(payload: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in payload {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }

@@ -489,3 +489,56 @@ fn steady_state_bytes_per_row() {
     assert!(again < first * 2.0, "{again} vs {first} bytes per row");
     assert_eq!(pragma(&a.path, "freelist_count"), 0, "no free page left");
 }
+
+/// A replica file made before the log identity existed gains its columns on open (empty);
+/// the identity and the last entry's fingerprint are stored with the position and survive
+/// a reopen; an install brings the copy's identity, adopting a log forgets the fingerprint.
+#[test]
+fn log_identity_is_migrated_stored_and_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE replica_state (id INTEGER PRIMARY KEY CHECK (id = 1),
+                 applied_seq INTEGER NOT NULL, term INTEGER NOT NULL);
+             INSERT INTO replica_state (id, applied_seq, term) VALUES (1, 7, 2);",
+        )
+        .unwrap();
+    }
+    let s = Store::open(&path, &schema(), SyncMode::Normal).unwrap();
+    assert_eq!(s.position().seq, Seq(7));
+    assert_eq!(s.log_identity(), super::LogIdentity::default());
+    s.set_log_id(u64::MAX - 5).unwrap();
+    let h = super::fingerprint(b"entry 8");
+    assert_ne!(h, super::fingerprint(b"entry 9"));
+    s.apply_hashed(&[(Seq(8), entry(insert(1, "a"), 2))], Some(h))
+        .unwrap();
+    // A redelivery changes nothing, the fingerprint included.
+    s.apply_hashed(&[(Seq(8), entry(insert(1, "a"), 2))], Some(1))
+        .unwrap();
+    drop(s);
+    let s = Store::open(&path, &schema(), SyncMode::Normal).unwrap();
+    let want = super::LogIdentity {
+        log_id: Some(u64::MAX - 5),
+        last_hash: Some(h),
+    };
+    assert_eq!((s.position().seq, s.log_identity()), (Seq(8), want));
+    let other = Store::open(&dir.path().join("other.db"), &schema(), SyncMode::Normal).unwrap();
+    let file = dir.path().join("copy.sqlite3");
+    s.backup_to(&file).unwrap();
+    other.install(&file).unwrap();
+    assert_eq!(other.log_identity(), want);
+    s.apply_hashed(&[(Seq(9), entry(insert(2, "b"), 2))], Some(h))
+        .unwrap();
+    s.set_log_id(3).unwrap();
+    drop(s);
+    let s = Store::open(&path, &schema(), SyncMode::Normal).unwrap();
+    assert_eq!(
+        s.log_identity(),
+        super::LogIdentity {
+            log_id: Some(3),
+            last_hash: None
+        }
+    );
+}
