@@ -97,6 +97,24 @@ pub async fn install_pending(
             ApiError::BadRequest(format!("the snapshot received for shard {shard}: {e}"))
         })?;
     store::remove_db_files(&pending);
-    tracing::info!(shard = %shard, seq = %at.seq, term = %at.term, "installed the snapshot from a backup");
+    // The snapshot names the backed-up cluster's stream as its log: this replica's log is the
+    // stream the restore made (README "Log faults": else it reads as re-created).
+    let adopt = async {
+        let mut stream = server
+            .js
+            .get_stream(shardline::wal::stream_name(shard))
+            .await?;
+        let info = stream.info().await?;
+        let id = crate::replica::logcheck::log_id(info);
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || s.set_log_id(id)).await??;
+        anyhow::Ok(id)
+    };
+    let log_id = adopt.await.map_err(|e| {
+        ApiError::Unavailable(format!(
+            "shard {shard}: cannot adopt the restored stream: {e}"
+        ))
+    })?;
+    tracing::info!(shard = %shard, seq = %at.seq, term = %at.term, log_id, "installed the snapshot from a backup");
     Ok(Some(at))
 }
