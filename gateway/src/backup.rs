@@ -75,6 +75,14 @@ async fn start(state: &AppState) -> Result<Response, ApiError> {
         }
         t => t.routing()?.meta.clone(),
     };
+    // A frozen shard's replicas may not agree on its history (README "Log faults").
+    if let Some(s) = meta.shards.iter().find(|s| s.fault.is_some()) {
+        return Err(ApiError::Unavailable(format!(
+            "shard {} is frozen by a log fault ({}); back up once it is recovered",
+            s.id,
+            s.fault.as_deref().unwrap_or_default()
+        )));
+    }
     // Where each log ends now: every write acknowledged before this point is at or below it.
     let lasts = futures::future::join_all(
         meta.shards
@@ -427,6 +435,8 @@ mod tests {
             size: 10,
             primary: Some(name("S0")),
             term: Term(2),
+            fault: None,
+            log_id: None,
         }
     }
 
@@ -441,6 +451,8 @@ mod tests {
                     recovering,
                     stale_ms: None,
                     stalled_ms: None,
+                    fault: None,
+                    log_id: None,
                 },
             )]
             .into(),

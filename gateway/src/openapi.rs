@@ -130,7 +130,7 @@ mod ops {
             (status = 200, description = "A tar archive streamed as it is made: `backup.json` (format, version, schema, shards with the log position of each snapshot, server layout), then `shards/<id>.sqlite` per shard. Each snapshot includes every write acknowledged before the request", body = Archive, content_type = "application/x-tar"),
             (status = 400, description = "Not configured", body = Failure),
             (status = 401, description = "Admin token missing or wrong", body = Failure),
-            (status = 503, description = "Metadata not loaded, NATS unreachable, or no replica of a shard caught up within 30 s", body = Failure),
+            (status = 503, description = "Metadata not loaded, NATS unreachable, a shard frozen by a log fault, or no replica of a shard caught up within 30 s", body = Failure),
         ))]
     fn backup() {}
 
