@@ -1,6 +1,7 @@
 //! Types shared by every shardline binary. Keep this crate small: it holds what two or more
 //! binaries must agree on, nothing that only one of them needs.
 //!
+//! - [`backup`]: the cluster backup archive (`backup.json` and one SQLite file per shard, as tar).
 //! - [`names`]: validated newtypes for shard, server and column names (nothing unvalidated
 //!   ever reaches SQL, a subject or a file path).
 //! - [`schema`]: the table schema given at `/init` and typed rows checked against it.
@@ -17,6 +18,7 @@
 //!   shard servers build and decode them with these types, never by hand).
 //! - [`log`]: positions in a shard's log ([`Seq`], [`Term`], [`Position`]) and [`SyncMode`].
 
+pub mod backup;
 pub mod body;
 pub mod error;
 pub mod internal;

@@ -87,7 +87,7 @@ async fn forward(
 }
 
 /// The manager's answer as it was; a body that is not JSON is wrapped in the failure shape.
-fn passthrough(status: StatusCode, bytes: &[u8]) -> Response {
+pub(crate) fn passthrough(status: StatusCode, bytes: &[u8]) -> Response {
     match serde_json::from_slice::<Value>(bytes) {
         Ok(v) => (status, Json(v)).into_response(),
         Err(_) => {
@@ -103,7 +103,7 @@ fn passthrough(status: StatusCode, bytes: &[u8]) -> Response {
     }
 }
 
-fn authorize(token: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorize(token: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = token else {
         return Ok(());
     };

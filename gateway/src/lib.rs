@@ -15,10 +15,13 @@
 //!   each owning its validation (pure functions over the metadata and the body) and execution.
 //!   [`read::replicas`] picks the replica of a ring read and moves past those that cannot
 //!   serve; `primary` and `linearizable` reads go through [`upstream::to_primary`].
+//! - [`backup`]: `GET /backup` (a tar stream of every shard's snapshot) and `POST /restore`
+//!   (streamed to the manager).
 //! - [`metrics`]: the Prometheus series and the `/metrics` route.
 //! - `openapi`: the OpenAPI document served at `/openapi.json`.
 
 pub mod admin;
+pub mod backup;
 pub mod config;
 pub mod health;
 pub mod metrics;

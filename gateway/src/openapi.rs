@@ -45,6 +45,8 @@ pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
     paths(
         ops::init,
         ops::status,
+        ops::backup,
+        ops::restore,
         ops::add,
         ops::rm,
         ops::read_post,
@@ -64,7 +66,7 @@ pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
         ReadResponse, WriteRequest, UpdateRequest, DeleteRequest, SchemaDoc, ShardSpecDoc,
         InitRequestDoc, AddRequestDoc, AddResponse, RmRequestDoc, RmResponse, RmMessage,
         StatusResponse, ShardStatus, ReadyResponse, ServerRowsDoc, ShardId, ServerName,
-        ColumnName, Health,
+        ColumnName, Health, Archive,
     )),
     modifiers(&AdminToken),
     tags(
@@ -75,7 +77,8 @@ pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
 )]
 pub struct ApiDoc;
 
-/// The optional bearer token of `/init`, `/add`, `/rm` (`SHARDLINE_ADMIN_TOKEN`).
+/// The optional bearer token of `/init`, `/add`, `/rm`, `/backup`, `/restore`
+/// (`SHARDLINE_ADMIN_TOKEN`).
 struct AdminToken;
 
 impl Modify for AdminToken {
@@ -87,7 +90,7 @@ impl Modify for AdminToken {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "Required on /init, /add and /rm only when the gateway runs with \
+                        "Required on /init, /add, /rm, /backup and /restore only when the gateway runs with \
                          SHARDLINE_ADMIN_TOKEN set; compared in constant time.",
                     ))
                     .build(),
@@ -120,6 +123,29 @@ mod ops {
             (status = 503, description = "Metadata not loaded yet", body = Failure),
         ))]
     fn status() {}
+
+    #[utoipa::path(get, path = "/backup", tag = "admin",
+        security((), ("admin_token" = [])),
+        responses(
+            (status = 200, description = "A tar archive streamed as it is made: `backup.json` (format, version, schema, shards with the log position of each snapshot, server layout), then `shards/<id>.sqlite` per shard. Each snapshot includes every write acknowledged before the request", body = Archive, content_type = "application/x-tar"),
+            (status = 400, description = "Not configured", body = Failure),
+            (status = 401, description = "Admin token missing or wrong", body = Failure),
+            (status = 503, description = "Metadata not loaded, NATS unreachable, a shard frozen by a log fault, or no replica of a shard caught up within 30 s", body = Failure),
+        ))]
+    fn backup() {}
+
+    #[utoipa::path(post, path = "/restore", tag = "admin",
+        request_body(content = Archive, content_type = "application/octet-stream",
+            description = "An archive made by GET /backup (sent as application/x-tar or application/octet-stream: the content type is not checked)"),
+        security((), ("admin_token" = [])),
+        responses(
+            (status = 200, description = "Restored: the backup's servers run, every shard holds its snapshot and takes writes", body = Message),
+            (status = 400, description = "Not a valid backup archive (truncated, corrupted, unknown version, a snapshot that does not match backup.json); nothing was created", body = Failure),
+            (status = 401, description = "Admin token missing or wrong", body = Failure),
+            (status = 409, description = "Already configured", body = Failure),
+            (status = 503, description = "Manager or NATS unavailable", body = Failure),
+        ))]
+    fn restore() {}
 
     #[utoipa::path(post, path = "/add", tag = "admin",
         request_body = AddRequestDoc,

@@ -14,7 +14,7 @@ use serde_json::json;
 use shardline::ApiError;
 
 use crate::topology::TopologyRx;
-use crate::{admin, health, metrics, openapi, read, status, write, Config};
+use crate::{admin, backup, health, metrics, openapi, read, status, write, Config};
 
 pub struct AppState {
     pub config: Config,
@@ -39,6 +39,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/init", post(admin::init))
         .route("/add", post(admin::add))
         .route("/rm", delete(admin::rm))
+        .route("/backup", get(backup::backup))
+        .route(
+            "/restore",
+            post(backup::restore).layer(DefaultBodyLimit::disable()),
+        )
         .route("/status", get(status::status))
         .route("/read", get(read::read).post(read::read))
         .route(

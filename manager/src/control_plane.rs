@@ -20,6 +20,8 @@ use crate::wal_admin::WalAdmin;
 pub struct Settings {
     /// How long a new server may take to catch up before `/init` or `/add` fails.
     pub catch_up_timeout: Duration,
+    /// Where `/restore` stages an archive's files while it checks them.
+    pub staging_dir: std::path::PathBuf,
 }
 
 /// The manager's state and its handles on NATS, the servers and their runtime.

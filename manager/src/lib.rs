@@ -7,9 +7,10 @@
 //!
 //! - [`control_plane`]: [`control_plane::ControlPlane`], the state every operation shares,
 //!   and the locks that keep operations from interleaving.
-//! - [`routes`]: the admin HTTP API (`/init`, `/add`, `/rm`, `/recover`, `/healthz`).
+//! - [`routes`]: the admin HTTP API (`/init`, `/add`, `/rm`, `/restore`, `/recover`, `/healthz`).
 //! - [`ops`]: the admin operations themselves; [`ops::placement`] names new servers and
 //!   spreads primaries.
+//! - [`restore`]: `/restore`, a new cluster from a backup archive (checked whole first).
 //! - [`election`]: choosing a shard's new primary and fencing the old one with a new term;
 //!   reconciling the metadata with a marker an interrupted election left.
 //! - [`lease`]: the manager lease; only its holder acts, other managers stand by.
@@ -40,6 +41,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod monitor;
 pub mod ops;
+pub mod restore;
 pub mod retention;
 pub mod routes;
 pub mod runtime;
@@ -326,6 +328,7 @@ async fn serve<R: Runtime>(
         ShardClient::build()?,
         Settings {
             catch_up_timeout: Duration::from_millis(config.catch_up_timeout_ms),
+            staging_dir: config.servers_dir.clone(),
         },
         lease.clone(),
     ));

@@ -33,6 +33,7 @@ pub fn router<R: Runtime>(control: Arc<ControlPlane<R>>) -> Router {
         .route("/init", post(init::<R>))
         .route("/add", post(add::<R>))
         .route("/rm", delete(rm::<R>))
+        .route("/restore", post(restore::<R>))
         .route("/recover", post(recover::<R>))
         .route("/healthz", get(healthz::<R>))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
@@ -64,6 +65,17 @@ async fn add<R: Runtime>(
 ) -> Result<Json<AddResponse>, ApiError> {
     c.lease.check()?;
     c.add(req).await.map(Json)
+}
+
+async fn restore<R: Runtime>(
+    State(c): State<Arc<ControlPlane<R>>>,
+    body: axum::body::Body,
+) -> Result<Json<Done>, ApiError> {
+    if let Err(e) = c.lease.check() {
+        crate::restore::drain_body(body).await;
+        return Err(e);
+    }
+    c.restore(body).await.map(Json)
 }
 
 async fn rm<R: Runtime>(

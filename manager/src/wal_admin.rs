@@ -110,6 +110,40 @@ impl WalAdmin {
         Ok(())
     }
 
+    /// Makes the empty stream of `shard` (just created) continue after `seq`: a purge up to
+    /// `seq + 1` leaves it empty with first sequence `seq + 1` and last `seq`, so the next
+    /// entry gets `seq + 1` (a restored replica's stored position stays valid).
+    pub async fn continue_after(&self, shard: &ShardId, seq: Seq) -> Result<(), ApiError> {
+        let fail = |e: String| {
+            ApiError::Unavailable(format!("shard {shard}: cannot set its stream's start: {e}"))
+        };
+        let mut stream =
+            (self.js.get_stream(wal::stream_name(shard)).await).map_err(|e| fail(e.to_string()))?;
+        stream
+            .purge()
+            .sequence(seq.get() + 1)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .state
+            .clone();
+        if state.last_sequence != seq.get() || state.messages != 0 {
+            return Err(fail(format!(
+                "after the purge it holds {} messages up to {}, expected none up to {seq}",
+                state.messages, state.last_sequence
+            )));
+        }
+        Ok(())
+    }
+
+    /// Deletes `shard`'s stream (undoing a restore that could not finish).
+    pub async fn delete_stream(&self, shard: &ShardId) {
+        let _ = self.js.delete_stream(wal::stream_name(shard)).await;
+    }
+
     /// Deletes `shard`'s stream (if any) and creates it again, empty, with its first
     /// sequence `first` (README "Log faults": the recovered log continues right after the
     /// base replica's position). Returns the new stream's identity (`created`, ns).

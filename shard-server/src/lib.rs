@@ -17,6 +17,8 @@
 //! - `store`: the SQLite database of one replica (rows + applied position), with
 //!   `store::apply` (applying entries) and `store::sql` (statements).
 //! - `catchup`: snapshot copy from a peer (a replica that starts empty, or is re-seeded).
+//! - `restore`: a snapshot from a backup (`PUT /snapshot/{shard}`), installed when the shard
+//!   is opened.
 //! - `api`: the HTTP endpoints (docs/internal-api.md), with the bodies of
 //!   `shardline::internal`.
 //! - `metrics`: the Prometheus series at `GET /metrics`.
@@ -25,6 +27,7 @@ mod api;
 mod catchup;
 mod metrics;
 mod replica;
+mod restore;
 mod server;
 mod store;
 

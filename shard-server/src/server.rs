@@ -126,6 +126,7 @@ impl Server {
             let store = Store::open(&path, &schema, self.sync)
                 .map(Arc::new)
                 .map_err(|e| ApiError::Internal(format!("cannot open {}: {e}", path.display())))?;
+            crate::restore::install_pending(self, shard, &store).await?;
             let fresh = store.position().seq == Seq::ZERO;
             if fresh {
                 crate::catchup::restore_from_peer(self, shard, &store).await;

@@ -556,3 +556,8 @@ impl ToSchema for ServerRowsDoc {
         "ServerRows".into()
     }
 }
+
+/// A backup archive (tar) made by `GET /backup`, as bytes.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct Archive(Vec<u8>);

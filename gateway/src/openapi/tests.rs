@@ -22,6 +22,8 @@ fn every_route_is_documented_and_nothing_else() {
     let routed: BTreeSet<(String, String)> = [
         ("POST", "/init"),
         ("GET", "/status"),
+        ("GET", "/backup"),
+        ("POST", "/restore"),
         ("POST", "/add"),
         ("DELETE", "/rm"),
         ("GET", "/read"),

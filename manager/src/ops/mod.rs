@@ -181,7 +181,7 @@ impl<R: Runtime> ControlPlane<R> {
 }
 
 /// Records freshly spawned servers in `meta`, recovering until they have caught up.
-fn add_recovering(
+pub(crate) fn add_recovering(
     meta: &mut ClusterMeta,
     servers: &BTreeMap<ServerName, Vec<ShardId>>,
     addrs: &BTreeMap<ServerName, String>,

@@ -3,6 +3,7 @@
 
 mod admin;
 mod read;
+mod restore;
 pub mod snapshot;
 mod write;
 
@@ -22,7 +23,10 @@ pub fn router(server: Arc<Server>, body_limit: usize) -> Router {
         .route("/config", post(admin::config))
         .route("/adopt_log", post(admin::adopt_log))
         .route("/copy", get(admin::copy).post(admin::copy))
-        .route("/snapshot/{shard}", get(snapshot::snapshot))
+        .route(
+            "/snapshot/{shard}",
+            get(snapshot::snapshot).put(restore::put_snapshot),
+        )
         .route("/read_all", get(admin::read_all).post(admin::read_all))
         .route("/read", get(read::read).post(read::read))
         .route("/write", post(write::write))

@@ -178,7 +178,8 @@ impl LocalCluster {
         }
     }
 
-    fn reports(&self) -> String {
+    /// The logs of the processes, for failure messages.
+    pub fn reports(&self) -> String {
         [&self.manager, &self.gateway]
             .into_iter()
             .flatten()
