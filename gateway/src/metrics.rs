@@ -14,7 +14,7 @@
 //! - `shardline_gateway_retries_total{shard, reason}`: a write re-sent to another primary,
 //!   or a read re-tried on another replica
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
@@ -70,24 +70,58 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 
 /// Counts and times every request under its route template.
 pub async fn track(req: Request, next: Next) -> Response {
-    let endpoint = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        // Unknown routes share one label rather than one series per probed URL.
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+    let endpoint = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
     let start = Instant::now();
     let response = next.run(req).await;
-    let labels = [
-        ("endpoint", endpoint),
-        ("method", method),
-        ("status", response.status().as_u16().to_string()),
-    ];
-    crate::ui::traffic::record(&labels[0].1, response.status().as_u16(), start.elapsed());
-    metrics::counter!(REQUESTS, &labels).increment(1);
-    metrics::histogram!(REQUEST_SECONDS, &labels).record(start.elapsed().as_secs_f64());
+    let elapsed = start.elapsed();
+    // Unknown routes share one label rather than one series per probed URL.
+    let endpoint = endpoint.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let status = response.status().as_u16();
+    crate::ui::traffic::record(endpoint, status, elapsed);
+    let (count, seconds) = request_series(endpoint, &method, status);
+    count.increment(1);
+    seconds.record(elapsed.as_secs_f64());
     response
+}
+
+/// The handles of one request series.
+type Series = (metrics::Counter, metrics::Histogram);
+
+/// How many label sets [`request_series`] keeps handles for; the rest (only reachable with
+/// made-up methods) are registered on every request, as all were before the cache.
+const CACHED_SERIES: usize = 256;
+
+/// The counter and histogram of `(endpoint, method, status)`, registered once and then taken
+/// from a cache: registering builds the labels (three `String`s) and looks the key up in the
+/// recorder's registry, which cost more than the rest of the middleware together.
+fn request_series(endpoint: &str, method: &axum::http::Method, status: u16) -> Series {
+    type Cache = RwLock<Vec<(Box<str>, axum::http::Method, u16, Series)>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Cache::default);
+    let find = |entries: &[(Box<str>, axum::http::Method, u16, Series)]| {
+        entries
+            .iter()
+            .find(|(e, m, s, _)| *s == status && m == method && &**e == endpoint)
+            .map(|(.., series)| series.clone())
+    };
+    if let Some(series) = find(&cache.read().unwrap_or_else(PoisonError::into_inner)) {
+        return series;
+    }
+    let labels = [
+        ("endpoint", endpoint.to_owned()),
+        ("method", method.as_str().to_owned()),
+        ("status", status.to_string()),
+    ];
+    let series = (
+        metrics::counter!(REQUESTS, &labels),
+        metrics::histogram!(REQUEST_SECONDS, &labels),
+    );
+    let mut entries = cache.write().unwrap_or_else(PoisonError::into_inner);
+    if entries.len() < CACHED_SERIES && find(&entries).is_none() {
+        entries.push((endpoint.into(), method.clone(), status, series.clone()));
+    }
+    series
 }
 
 /// `GET /metrics`: the Prometheus text exposition format.
