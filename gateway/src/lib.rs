@@ -19,6 +19,7 @@
 //! - `openapi`: the OpenAPI document served at `/openapi.json`.
 
 pub mod admin;
+pub mod body;
 pub mod config;
 pub mod health;
 pub mod metrics;

@@ -14,7 +14,9 @@
 //! - `shardline_gateway_retries_total{shard, reason}`: a write re-sent to another primary,
 //!   or a read re-tried on another replica
 
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::collections::HashMap;
+use std::hash::{Hash as _, Hasher as _};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
@@ -77,51 +79,75 @@ pub async fn track(req: Request, next: Next) -> Response {
     let elapsed = start.elapsed();
     // Unknown routes share one label rather than one series per probed URL.
     let endpoint = endpoint.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let status = response.status().as_u16();
-    crate::ui::traffic::record(endpoint, status, elapsed);
-    let (count, seconds) = request_series(endpoint, &method, status);
+    let status = response.status();
+    crate::ui::traffic::record(endpoint, status.as_u16(), elapsed);
+    static SERIES: Handles<(metrics::Counter, metrics::Histogram)> = Handles::new();
+    let (count, seconds) = SERIES.get([endpoint, method.as_str(), status.as_str()], |labels| {
+        (
+            metrics::counter!(REQUESTS, &labels),
+            metrics::histogram!(REQUEST_SECONDS, &labels),
+        )
+    });
     count.increment(1);
     seconds.record(elapsed.as_secs_f64());
     response
 }
 
-/// The handles of one request series.
-type Series = (metrics::Counter, metrics::Histogram);
+/// Metric handles by their three label values, each registered once: registering builds the
+/// labels (`String`s) and looks the key up in the recorder's registry, which cost more than
+/// the rest of the metrics together. At most [`Handles::MAX`] label sets are kept (only
+/// made-up methods could reach it); the others are registered on every use.
+struct Handles<H> {
+    names: [&'static str; 3],
+    by_hash: RwLock<Option<HashMap<u64, Vec<([Box<str>; 3], H)>>>>,
+}
 
-/// How many label sets [`request_series`] keeps handles for; the rest (only reachable with
-/// made-up methods) are registered on every request, as all were before the cache.
-const CACHED_SERIES: usize = 256;
+impl<H: Clone> Handles<H> {
+    const MAX: usize = 1024;
 
-/// The counter and histogram of `(endpoint, method, status)`, registered once and then taken
-/// from a cache: registering builds the labels (three `String`s) and looks the key up in the
-/// recorder's registry, which cost more than the rest of the middleware together.
-fn request_series(endpoint: &str, method: &axum::http::Method, status: u16) -> Series {
-    type Cache = RwLock<Vec<(Box<str>, axum::http::Method, u16, Series)>>;
-    static CACHE: OnceLock<Cache> = OnceLock::new();
-    let cache = CACHE.get_or_init(Cache::default);
-    let find = |entries: &[(Box<str>, axum::http::Method, u16, Series)]| {
-        entries
-            .iter()
-            .find(|(e, m, s, _)| *s == status && m == method && &**e == endpoint)
-            .map(|(.., series)| series.clone())
-    };
-    if let Some(series) = find(&cache.read().unwrap_or_else(PoisonError::into_inner)) {
-        return series;
+    const fn new_with(names: [&'static str; 3]) -> Self {
+        Handles {
+            names,
+            by_hash: RwLock::new(None),
+        }
     }
-    let labels = [
-        ("endpoint", endpoint.to_owned()),
-        ("method", method.as_str().to_owned()),
-        ("status", status.to_string()),
-    ];
-    let series = (
-        metrics::counter!(REQUESTS, &labels),
-        metrics::histogram!(REQUEST_SECONDS, &labels),
-    );
-    let mut entries = cache.write().unwrap_or_else(PoisonError::into_inner);
-    if entries.len() < CACHED_SERIES && find(&entries).is_none() {
-        entries.push((endpoint.into(), method.clone(), status, series.clone()));
+
+    const fn new() -> Self {
+        Self::new_with(["endpoint", "method", "status"])
     }
-    series
+
+    fn get(&self, values: [&str; 3], register: impl FnOnce([(&'static str, String); 3]) -> H) -> H {
+        let hash = {
+            let mut h = std::hash::DefaultHasher::new();
+            values.hash(&mut h);
+            h.finish()
+        };
+        let find = |map: &Option<HashMap<u64, Vec<([Box<str>; 3], H)>>>| {
+            map.as_ref()?
+                .get(&hash)?
+                .iter()
+                .find(|(v, _)| v.iter().zip(&values).all(|(a, b)| **a == **b))
+                .map(|(_, h)| h.clone())
+        };
+        if let Some(h) = find(&self.by_hash.read().unwrap_or_else(PoisonError::into_inner)) {
+            return h;
+        }
+        let handle = register([
+            (self.names[0], values[0].to_owned()),
+            (self.names[1], values[1].to_owned()),
+            (self.names[2], values[2].to_owned()),
+        ]);
+        let mut map = self.by_hash.write().unwrap_or_else(PoisonError::into_inner);
+        if find(&map).is_none() {
+            let map = map.get_or_insert_with(HashMap::new);
+            if map.values().map(Vec::len).sum::<usize>() < Self::MAX {
+                map.entry(hash)
+                    .or_default()
+                    .push((values.map(Box::from), handle.clone()));
+            }
+        }
+        handle
+    }
 }
 
 /// `GET /metrics`: the Prometheus text exposition format.
@@ -134,13 +160,12 @@ pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 
 /// Records how long one shard group of a write/update/delete took, and how it ended.
 pub fn shard_write(shard: &str, op: &'static str, outcome: &str, elapsed: Duration) {
-    metrics::histogram!(
-        SHARD_WRITE_SECONDS,
-        "shard" => shard.to_owned(),
-        "op" => op,
-        "outcome" => outcome.to_owned(),
-    )
-    .record(elapsed.as_secs_f64());
+    static SERIES: Handles<metrics::Histogram> = Handles::new_with(["shard", "op", "outcome"]);
+    SERIES
+        .get([shard, op, outcome], |labels| {
+            metrics::histogram!(SHARD_WRITE_SECONDS, &labels)
+        })
+        .record(elapsed.as_secs_f64());
 }
 
 pub fn retry(shard: &str, reason: &'static str) {

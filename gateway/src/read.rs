@@ -13,7 +13,7 @@ use bytes::Bytes;
 use hyper::Method;
 use serde_json::value::RawValue;
 use serde_json::Value;
-use shardline::body::{bad, int, kind, object, only_fields, required, ApiJson};
+use shardline::body::{bad, int, kind, object, only_fields, required};
 use shardline::internal::{KeyRange, ReadLevel, ReadRequest, ReadResponse, ServerRows, Status};
 use shardline::meta::ClusterMeta;
 use shardline::names::{ColumnName, ServerName, ShardId};
@@ -94,7 +94,7 @@ pub fn plan(meta: &ClusterMeta, body: &Value) -> Result<ReadPlan, ApiError> {
 
 pub async fn read(
     State(state): State<Arc<AppState>>,
-    ApiJson(body): ApiJson<Value>,
+    crate::body::Json(body): crate::body::Json<Value>,
 ) -> Result<Response, ApiError> {
     let topology = state.topology.borrow().clone();
     let routing = topology.routing()?;
