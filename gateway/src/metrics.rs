@@ -93,13 +93,16 @@ pub async fn track(req: Request, next: Next) -> Response {
     response
 }
 
+/// Label sets by their hash, each with its handles.
+type ByHash<H> = HashMap<u64, Vec<([Box<str>; 3], H)>>;
+
 /// Metric handles by their three label values, each registered once: registering builds the
 /// labels (`String`s) and looks the key up in the recorder's registry, which cost more than
 /// the rest of the metrics together. At most [`Handles::MAX`] label sets are kept (only
 /// made-up methods could reach it); the others are registered on every use.
 struct Handles<H> {
     names: [&'static str; 3],
-    by_hash: RwLock<Option<HashMap<u64, Vec<([Box<str>; 3], H)>>>>,
+    by_hash: RwLock<Option<ByHash<H>>>,
 }
 
 impl<H: Clone> Handles<H> {
@@ -122,7 +125,7 @@ impl<H: Clone> Handles<H> {
             values.hash(&mut h);
             h.finish()
         };
-        let find = |map: &Option<HashMap<u64, Vec<([Box<str>; 3], H)>>>| {
+        let find = |map: &Option<ByHash<H>>| {
             map.as_ref()?
                 .get(&hash)?
                 .iter()
@@ -170,4 +173,47 @@ pub fn shard_write(shard: &str, op: &'static str, outcome: &str, elapsed: Durati
 
 pub fn retry(shard: &str, reason: &'static str) {
     metrics::counter!(RETRIES, "shard" => shard.to_owned(), "reason" => reason).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn each_label_set_is_registered_once_and_the_cache_is_bounded() {
+        let handles: Handles<usize> = Handles::new();
+        let registered = Cell::new(0);
+        let get = |values: [&str; 3]| {
+            handles.get(values, |labels| {
+                assert_eq!(
+                    labels.clone().map(|(k, _)| k),
+                    ["endpoint", "method", "status"]
+                );
+                assert_eq!(labels.map(|(_, v)| v), values.map(str::to_owned));
+                registered.set(registered.get() + 1);
+                registered.get()
+            })
+        };
+        let a = get(["/read", "POST", "200"]);
+        let b = get(["/read", "POST", "503"]);
+        let c = get(["/read", "GET", "200"]);
+        assert_eq!((a, b, c), (1, 2, 3));
+        assert_eq!(get(["/read", "POST", "200"]), a);
+        assert_eq!(get(["/read", "POST", "503"]), b);
+        // The values are compared, not only their hash: a shifted split is another set.
+        assert_ne!(get(["/rea", "dPOST", "200"]), a);
+        assert_eq!(registered.get(), 4);
+
+        for i in 0..Handles::<usize>::MAX {
+            get(["/x", &i.to_string(), "200"]);
+        }
+        let before = registered.get();
+        // Past the bound: registered on every use, the earlier ones still cached.
+        get(["/y", "POST", "200"]);
+        get(["/y", "POST", "200"]);
+        assert_eq!(registered.get(), before + 2);
+        assert_eq!(get(["/read", "GET", "200"]), c);
+        assert_eq!(registered.get(), before + 2);
+    }
 }

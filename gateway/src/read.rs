@@ -63,8 +63,8 @@ pub fn plan(meta: &ClusterMeta, body: &Value) -> Result<ReadPlan, ApiError> {
         ))
     })?;
     only_fields(range, &["low", "high"], key)?;
-    let low = int(&format!("{key}.low"), required(range, key, "low")?)?;
-    let high = int(&format!("{key}.high"), required(range, key, "high")?)?;
+    let low = bound(key, range, "low")?;
+    let high = bound(key, range, "high")?;
     if low > high {
         return Err(bad(format!(
             "`{key}.low` ({low}) is greater than `{key}.high` ({high})"
@@ -90,6 +90,14 @@ pub fn plan(meta: &ClusterMeta, body: &Value) -> Result<ReadPlan, ApiError> {
         })
         .collect();
     Ok(ReadPlan { consistency, parts })
+}
+
+/// `<key>.<field>` of a read body, as [`int`] reads it; the field's name for the message is only
+/// built when it fails.
+fn bound(key: &str, range: &serde_json::Map<String, Value>, field: &str) -> Result<i64, ApiError> {
+    let v = required(range, key, field)?;
+    v.as_i64()
+        .map_or_else(|| int(&format!("{key}.{field}"), v), Ok)
 }
 
 pub async fn read(
@@ -195,12 +203,13 @@ fn split_rows(inner: &str) -> Option<usize> {
         match b[i] {
             b'"' => {
                 i += 1;
+                // Bounded: `i` grows on every pass.
                 loop {
-                    match *b.get(i)? {
-                        b'"' => break,
-                        b'\\' => i += 2,
-                        _ => i += 1,
+                    i = quote_or_backslash(b, i)?;
+                    if b[i] == b'"' {
+                        break;
                     }
+                    i += 2;
                 }
             }
             c @ (b'{' | b'[') => {
@@ -229,6 +238,31 @@ fn split_rows(inner: &str) -> Option<usize> {
         i += 1;
     }
     (depth == 0 && start < b.len()).then_some(count + 1)
+}
+
+/// The position of the first `"` or `\` in `b` from `i` on: eight bytes at a time, as most
+/// of a row's text is strings (its column names).
+fn quote_or_backslash(b: &[u8], mut i: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    while i + 8 <= b.len() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&b[i..i + 8]);
+        let w = u64::from_le_bytes(word);
+        // A byte of `q` (`s`) is zero where `w` has a quote (backslash); the lowest high bit
+        // set by "has a zero byte" marks the first one.
+        let q = w ^ (ONES * u64::from(b'"'));
+        let s = w ^ (ONES * u64::from(b'\\'));
+        let found = ((q.wrapping_sub(ONES) & !q) | (s.wrapping_sub(ONES) & !s)) & HIGH;
+        if found != 0 {
+            return Some(i + (found.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    b.get(i..)?
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\')
+        .map(|p| i + p)
 }
 
 /// Reads one shard's part: from its primary for `primary` and `linearizable`, otherwise from a
@@ -437,6 +471,30 @@ mod tests {
         // Not in the servers' own form: parsed in full, with the same result.
         let got = rows_of(br#"{ "status": "success", "data": [ {"a": 1} , 2 ] }"#).unwrap();
         assert_eq!((got.rows.as_ref(), got.count), (r#"{"a": 1},2"#, 2));
+    }
+
+    #[test]
+    fn the_first_quote_or_backslash_is_found_at_every_offset() {
+        for len in 0..20 {
+            for at in 0..len {
+                for c in [b'"', b'\\'] {
+                    let mut text = vec![b'a'; len];
+                    text[at] = c;
+                    // A later one, and bytes that differ from them by one bit, are not first.
+                    if at + 2 < len {
+                        text[at + 2] = b'"';
+                    }
+                    if at > 0 {
+                        text[at - 1] = b'"' ^ 0x80;
+                    }
+                    for from in 0..=at {
+                        assert_eq!(quote_or_backslash(&text, from), Some(at), "{text:?} {from}");
+                    }
+                }
+            }
+            assert_eq!(quote_or_backslash(&vec![b'!'; len], 0), None);
+        }
+        assert_eq!(quote_or_backslash(b"ab", 5), None);
     }
 
     #[test]
