@@ -14,7 +14,9 @@
 //! - `shardline_gateway_retries_total{shard, reason}`: a write re-sent to another primary,
 //!   or a read re-tried on another replica
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::hash::{Hash as _, Hasher as _};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
@@ -70,24 +72,85 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 
 /// Counts and times every request under its route template.
 pub async fn track(req: Request, next: Next) -> Response {
-    let endpoint = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        // Unknown routes share one label rather than one series per probed URL.
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+    let endpoint = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
     let start = Instant::now();
     let response = next.run(req).await;
-    let labels = [
-        ("endpoint", endpoint),
-        ("method", method),
-        ("status", response.status().as_u16().to_string()),
-    ];
-    crate::ui::traffic::record(&labels[0].1, response.status().as_u16(), start.elapsed());
-    metrics::counter!(REQUESTS, &labels).increment(1);
-    metrics::histogram!(REQUEST_SECONDS, &labels).record(start.elapsed().as_secs_f64());
+    let elapsed = start.elapsed();
+    // Unknown routes share one label rather than one series per probed URL.
+    let endpoint = endpoint.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let status = response.status();
+    crate::ui::traffic::record(endpoint, status.as_u16(), elapsed);
+    static SERIES: Handles<(metrics::Counter, metrics::Histogram)> = Handles::new();
+    let (count, seconds) = SERIES.get([endpoint, method.as_str(), status.as_str()], |labels| {
+        (
+            metrics::counter!(REQUESTS, &labels),
+            metrics::histogram!(REQUEST_SECONDS, &labels),
+        )
+    });
+    count.increment(1);
+    seconds.record(elapsed.as_secs_f64());
     response
+}
+
+/// Label sets by their hash, each with its handles.
+type ByHash<H> = HashMap<u64, Vec<([Box<str>; 3], H)>>;
+
+/// Metric handles by their three label values, each registered once: registering builds the
+/// labels (`String`s) and looks the key up in the recorder's registry, which cost more than
+/// the rest of the metrics together. At most [`Handles::MAX`] label sets are kept (only
+/// made-up methods could reach it); the others are registered on every use.
+struct Handles<H> {
+    names: [&'static str; 3],
+    by_hash: RwLock<Option<ByHash<H>>>,
+}
+
+impl<H: Clone> Handles<H> {
+    const MAX: usize = 1024;
+
+    const fn new_with(names: [&'static str; 3]) -> Self {
+        Handles {
+            names,
+            by_hash: RwLock::new(None),
+        }
+    }
+
+    const fn new() -> Self {
+        Self::new_with(["endpoint", "method", "status"])
+    }
+
+    fn get(&self, values: [&str; 3], register: impl FnOnce([(&'static str, String); 3]) -> H) -> H {
+        let hash = {
+            let mut h = std::hash::DefaultHasher::new();
+            values.hash(&mut h);
+            h.finish()
+        };
+        let find = |map: &Option<ByHash<H>>| {
+            map.as_ref()?
+                .get(&hash)?
+                .iter()
+                .find(|(v, _)| v.iter().zip(&values).all(|(a, b)| **a == **b))
+                .map(|(_, h)| h.clone())
+        };
+        if let Some(h) = find(&self.by_hash.read().unwrap_or_else(PoisonError::into_inner)) {
+            return h;
+        }
+        let handle = register([
+            (self.names[0], values[0].to_owned()),
+            (self.names[1], values[1].to_owned()),
+            (self.names[2], values[2].to_owned()),
+        ]);
+        let mut map = self.by_hash.write().unwrap_or_else(PoisonError::into_inner);
+        if find(&map).is_none() {
+            let map = map.get_or_insert_with(HashMap::new);
+            if map.values().map(Vec::len).sum::<usize>() < Self::MAX {
+                map.entry(hash)
+                    .or_default()
+                    .push((values.map(Box::from), handle.clone()));
+            }
+        }
+        handle
+    }
 }
 
 /// `GET /metrics`: the Prometheus text exposition format.
@@ -100,15 +163,57 @@ pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 
 /// Records how long one shard group of a write/update/delete took, and how it ended.
 pub fn shard_write(shard: &str, op: &'static str, outcome: &str, elapsed: Duration) {
-    metrics::histogram!(
-        SHARD_WRITE_SECONDS,
-        "shard" => shard.to_owned(),
-        "op" => op,
-        "outcome" => outcome.to_owned(),
-    )
-    .record(elapsed.as_secs_f64());
+    static SERIES: Handles<metrics::Histogram> = Handles::new_with(["shard", "op", "outcome"]);
+    SERIES
+        .get([shard, op, outcome], |labels| {
+            metrics::histogram!(SHARD_WRITE_SECONDS, &labels)
+        })
+        .record(elapsed.as_secs_f64());
 }
 
 pub fn retry(shard: &str, reason: &'static str) {
     metrics::counter!(RETRIES, "shard" => shard.to_owned(), "reason" => reason).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn each_label_set_is_registered_once_and_the_cache_is_bounded() {
+        let handles: Handles<usize> = Handles::new();
+        let registered = Cell::new(0);
+        let get = |values: [&str; 3]| {
+            handles.get(values, |labels| {
+                assert_eq!(
+                    labels.clone().map(|(k, _)| k),
+                    ["endpoint", "method", "status"]
+                );
+                assert_eq!(labels.map(|(_, v)| v), values.map(str::to_owned));
+                registered.set(registered.get() + 1);
+                registered.get()
+            })
+        };
+        let a = get(["/read", "POST", "200"]);
+        let b = get(["/read", "POST", "503"]);
+        let c = get(["/read", "GET", "200"]);
+        assert_eq!((a, b, c), (1, 2, 3));
+        assert_eq!(get(["/read", "POST", "200"]), a);
+        assert_eq!(get(["/read", "POST", "503"]), b);
+        // The values are compared, not only their hash: a shifted split is another set.
+        assert_ne!(get(["/rea", "dPOST", "200"]), a);
+        assert_eq!(registered.get(), 4);
+
+        for i in 0..Handles::<usize>::MAX {
+            get(["/x", &i.to_string(), "200"]);
+        }
+        let before = registered.get();
+        // Past the bound: registered on every use, the earlier ones still cached.
+        get(["/y", "POST", "200"]);
+        get(["/y", "POST", "200"]);
+        assert_eq!(registered.get(), before + 2);
+        assert_eq!(get(["/read", "GET", "200"]), c);
+        assert_eq!(registered.get(), before + 2);
+    }
 }

@@ -30,7 +30,7 @@ use bytes::Bytes;
 use hyper::Method;
 use serde::Serialize;
 use serde_json::Value;
-use shardline::body::{bad, int, kind, object, only_fields, required, some, ApiJson};
+use shardline::body::{bad, int, kind, object, only_fields, required, some};
 use shardline::internal::{DeleteRequest, Done, Status, UpdateRequest, WriteRequest};
 use shardline::meta::ClusterMeta;
 use shardline::names::{ColumnName, ShardId};
@@ -180,7 +180,7 @@ fn shard_holding(meta: &ClusterMeta, k: i64) -> Result<ShardId, ApiError> {
 
 pub async fn write(
     State(state): State<Arc<AppState>>,
-    ApiJson(body): ApiJson<Value>,
+    crate::body::Json(body): crate::body::Json<Value>,
 ) -> Result<Response, ApiError> {
     let mut plan = {
         let topology = state.topology.borrow().clone();
@@ -246,11 +246,15 @@ async fn to_primary(
                 ))
             })
         });
+    let status;
     let outcome = match &result {
-        Ok(_) => "committed".to_owned(),
-        Err(e) => e.status().as_u16().to_string(),
+        Ok(_) => "committed",
+        Err(e) => {
+            status = e.status();
+            status.as_str()
+        }
     };
-    crate::metrics::shard_write(shard, op, &outcome, start.elapsed());
+    crate::metrics::shard_write(shard, op, outcome, start.elapsed());
     result.map(|_| ())
 }
 
@@ -365,7 +369,7 @@ fn summary(total: usize, results: Vec<(&Group, Result<(), ApiError>)>) -> Summar
 
 pub async fn update(
     State(state): State<Arc<AppState>>,
-    ApiJson(body): ApiJson<Value>,
+    crate::body::Json(body): crate::body::Json<Value>,
 ) -> Result<Json<Done>, ApiError> {
     let (plan, key) = {
         let topology = state.topology.borrow().clone();
@@ -396,7 +400,7 @@ pub async fn update(
 
 pub async fn delete(
     State(state): State<Arc<AppState>>,
-    ApiJson(body): ApiJson<Value>,
+    crate::body::Json(body): crate::body::Json<Value>,
 ) -> Result<Json<Done>, ApiError> {
     let (plan, key) = {
         let topology = state.topology.borrow().clone();
