@@ -22,7 +22,6 @@
 
 pub mod admin;
 pub mod backup;
-pub mod body;
 pub mod config;
 pub mod health;
 pub mod metrics;

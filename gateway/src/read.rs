@@ -13,7 +13,7 @@ use bytes::Bytes;
 use hyper::Method;
 use serde_json::value::RawValue;
 use serde_json::Value;
-use shardline::body::{bad, int, kind, object, only_fields, required};
+use shardline::body::{bad, int, kind, object, only_fields, required, ApiJson};
 use shardline::internal::{KeyRange, ReadLevel, ReadRequest, ReadResponse, ServerRows, Status};
 use shardline::meta::ClusterMeta;
 use shardline::names::{ColumnName, ServerName, ShardId};
@@ -102,7 +102,7 @@ fn bound(key: &str, range: &serde_json::Map<String, Value>, field: &str) -> Resu
 
 pub async fn read(
     State(state): State<Arc<AppState>>,
-    crate::body::Json(body): crate::body::Json<Value>,
+    ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let topology = state.topology.borrow().clone();
     let routing = topology.routing()?;

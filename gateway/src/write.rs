@@ -30,7 +30,7 @@ use bytes::Bytes;
 use hyper::Method;
 use serde::Serialize;
 use serde_json::Value;
-use shardline::body::{bad, int, kind, object, only_fields, required, some};
+use shardline::body::{bad, int, kind, object, only_fields, required, some, ApiJson};
 use shardline::internal::{DeleteRequest, Done, Status, UpdateRequest, WriteRequest};
 use shardline::meta::ClusterMeta;
 use shardline::names::{ColumnName, ShardId};
@@ -180,7 +180,7 @@ fn shard_holding(meta: &ClusterMeta, k: i64) -> Result<ShardId, ApiError> {
 
 pub async fn write(
     State(state): State<Arc<AppState>>,
-    crate::body::Json(body): crate::body::Json<Value>,
+    ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let mut plan = {
         let topology = state.topology.borrow().clone();
@@ -369,7 +369,7 @@ fn summary(total: usize, results: Vec<(&Group, Result<(), ApiError>)>) -> Summar
 
 pub async fn update(
     State(state): State<Arc<AppState>>,
-    crate::body::Json(body): crate::body::Json<Value>,
+    ApiJson(body): ApiJson<Value>,
 ) -> Result<Json<Done>, ApiError> {
     let (plan, key) = {
         let topology = state.topology.borrow().clone();
@@ -400,7 +400,7 @@ pub async fn update(
 
 pub async fn delete(
     State(state): State<Arc<AppState>>,
-    crate::body::Json(body): crate::body::Json<Value>,
+    ApiJson(body): ApiJson<Value>,
 ) -> Result<Json<Done>, ApiError> {
     let (plan, key) = {
         let topology = state.topology.borrow().clone();

@@ -154,17 +154,8 @@ impl<R: Runtime> ControlPlane<R> {
             servers: BTreeMap::new(),
         };
         meta.sort_shards();
-        crate::ops::add_recovering(&mut meta, &servers, &addrs);
-        let snapshot = meta.clone();
-        self.meta
-            .update(move |current| match current {
-                Some(_) => Err(ApiError::Conflict(
-                    "the cluster was configured meanwhile by another manager".into(),
-                )),
-                None => Ok((Some(snapshot.clone()), ())),
-            })
+        self.configure_new_cluster(&mut meta, &servers, &addrs)
             .await?;
-        self.bring_up(servers.keys().cloned().collect()).await?;
         tracing::info!(
             servers = servers.len(),
             shards = shards.len(),

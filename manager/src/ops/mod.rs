@@ -40,7 +40,25 @@ impl<R: Runtime> ControlPlane<R> {
         };
         meta.sort_shards();
         let addrs = self.spawn_all(&servers).await?;
-        add_recovering(&mut meta, &servers, &addrs);
+        self.configure_new_cluster(&mut meta, &servers, &addrs)
+            .await?;
+        tracing::info!(
+            servers = servers.len(),
+            shards = meta.shards.len(),
+            "cluster configured"
+        );
+        Ok(Done::new("Configured Database"))
+    }
+
+    /// Records a new cluster's metadata (its spawned servers recovering) unless another
+    /// manager configured one meanwhile, then brings the servers up (`/init`, `/restore`).
+    pub(crate) async fn configure_new_cluster(
+        &self,
+        meta: &mut ClusterMeta,
+        servers: &BTreeMap<ServerName, Vec<ShardId>>,
+        addrs: &BTreeMap<ServerName, String>,
+    ) -> Result<(), ApiError> {
+        add_recovering(meta, servers, addrs);
         let snapshot = meta.clone();
         self.meta
             .update(move |current| match current {
@@ -51,13 +69,7 @@ impl<R: Runtime> ControlPlane<R> {
                 None => Ok((Some(snapshot.clone()), ())),
             })
             .await?;
-        self.bring_up(servers.keys().cloned().collect()).await?;
-        tracing::info!(
-            servers = servers.len(),
-            shards = meta.shards.len(),
-            "cluster configured"
-        );
-        Ok(Done::new("Configured Database"))
+        self.bring_up(servers.keys().cloned().collect()).await
     }
 
     pub async fn add(&self, req: AddRequest) -> Result<AddResponse, ApiError> {
