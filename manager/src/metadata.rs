@@ -34,20 +34,24 @@ impl MetaStore {
             cached: Mutex::new((None, 0)),
             writer: Mutex::new(()),
         };
-        store.reload().await?;
+        store.reload(Reload::Any).await?;
         Ok(store)
     }
 
-    async fn reload(&self) -> Result<(), async_nats::Error> {
+    async fn reload(&self, how: Reload) -> Result<(), async_nats::Error> {
         let entry = self.kv.entry(META_KEY).await?;
-        let mut c = self.cached.lock().await;
-        *c = match entry {
+        let fetched = match entry {
             Some(e) if e.operation == kv::Operation::Put => {
                 (shardline::watch::decode(&e.value), e.revision)
             }
             Some(e) => (None, e.revision),
             None => (None, 0),
         };
+        let mut c = self.cached.lock().await;
+        if keeps_cached(c.1, fetched.1, how) {
+            return Ok(());
+        }
+        *c = fetched;
         Ok(())
     }
 
@@ -59,7 +63,7 @@ impl MetaStore {
     /// this one last read it).
     pub async fn fresh(&self) -> Result<Option<ClusterMeta>, ApiError> {
         let _one_writer = self.writer.lock().await;
-        self.reload()
+        self.reload(Reload::NotOlder)
             .await
             .map_err(|e| ApiError::Unavailable(format!("metadata store unreachable: {e}")))?;
         Ok(self.get().await)
@@ -112,7 +116,7 @@ impl MetaStore {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "metadata write conflicted; re-reading");
-                    self.reload().await.map_err(|e| {
+                    self.reload(Reload::Any).await.map_err(|e| {
                         ApiError::Unavailable(format!("metadata store unreachable: {e}"))
                     })?;
                 }
@@ -136,6 +140,26 @@ impl MetaStore {
     }
 }
 
+/// Which document a re-read may replace the cached one with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reload {
+    /// Whatever the bucket answers (at start, and after a compare-and-set failed: the
+    /// bucket's revision is the one the next write must name, even if it went backwards,
+    /// as after a NATS store rollback).
+    Any,
+    /// Not a revision older than the one this manager last read or wrote. The bucket is
+    /// created with direct gets (async-nats' default), which any of its NATS replicas may
+    /// answer, a follower possibly before it applied the write this manager just made: a
+    /// `/init` then failed with "not configured" when its bring-up re-read the metadata
+    /// (seen in CI on a 3-node NATS cluster, `docker_nats_cluster_node_loss`).
+    NotOlder,
+}
+
+/// Whether a re-read that found `fetched` keeps the `cached` revision instead.
+fn keeps_cached(cached: u64, fetched: u64, how: Reload) -> bool {
+    how == Reload::NotOlder && fetched < cached
+}
+
 /// Opens the metadata bucket, creating it when it does not exist yet, replicated on
 /// `replicas` NATS nodes. Only the manager creates it (gateways and shard servers wait for it to exist).
 async fn open_bucket(
@@ -154,5 +178,22 @@ async fn open_bucket(
                 ..Default::default()
             })
             .await?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lagging_answer_never_takes_a_read_back_but_a_failed_write_does() {
+        // A follower that has not applied revision 8 yet answers "absent" (0) or 7.
+        assert!(keeps_cached(8, 0, Reload::NotOlder));
+        assert!(keeps_cached(8, 7, Reload::NotOlder));
+        assert!(!keeps_cached(8, 8, Reload::NotOlder));
+        assert!(!keeps_cached(8, 9, Reload::NotOlder));
+        assert!(!keeps_cached(0, 0, Reload::NotOlder));
+        // After a failed compare-and-set the bucket's answer is taken, lower or not.
+        assert!(!keeps_cached(8, 3, Reload::Any));
     }
 }
