@@ -200,15 +200,8 @@ async fn replicas_agree(c: &LocalCluster) -> Value {
 
 /// The address shard server `name` listens on, from its log.
 fn server_addr(c: &LocalCluster, name: &str) -> String {
-    let log = c.servers_dir().join(name).join("server.log");
-    let text = fs::read_to_string(&log).unwrap_or_default();
-    text.lines()
-        .rev()
-        .filter(|l| l.contains("shard-server listening"))
-        .find_map(|l| l.split_once("addr=").map(|(_, rest)| rest))
-        .and_then(|rest| rest.split_whitespace().next())
-        .map(str::to_owned)
-        .unwrap_or_else(|| panic!("no listening line in {}", log.display()))
+    c.server_addr_from_log(name)
+        .unwrap_or_else(|| panic!("no listening line in {name}'s server.log"))
 }
 
 /// A counter or gauge's value in a Prometheus text page (summed over matching lines).

@@ -5,7 +5,6 @@
 //! not through the gateway, so what is checked is the server's own refusal.
 
 use std::collections::BTreeSet;
-use std::fs;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,15 +29,8 @@ async fn status(c: &LocalCluster) -> Value {
 /// The address shard server `name` listens on, from the last "shard-server listening" line
 /// of its log.
 fn server_addr(c: &LocalCluster, name: &str) -> String {
-    let log = c.servers_dir().join(name).join("server.log");
-    let text = fs::read_to_string(&log).unwrap_or_default();
-    text.lines()
-        .rev()
-        .filter(|l| l.contains("shard-server listening"))
-        .find_map(|l| l.split_once("addr=").map(|(_, rest)| rest))
-        .and_then(|rest| rest.split_whitespace().next())
-        .map(str::to_owned)
-        .unwrap_or_else(|| panic!("no listening line in {}", log.display()))
+    c.server_addr_from_log(name)
+        .unwrap_or_else(|| panic!("no listening line in {name}'s server.log"))
 }
 
 /// Reads all of sh1 from the server at `addr` at `level`; the status and the keys read.

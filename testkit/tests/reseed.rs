@@ -34,14 +34,7 @@ async fn write_keys(c: &LocalCluster, keys: std::ops::Range<i64>, name: &str) {
 
 /// The address shard server `name` listens on, from the last listening line of its log.
 fn server_addr(c: &LocalCluster, name: &str) -> Option<String> {
-    let log = c.servers_dir().join(name).join("server.log");
-    fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .rev()
-        .filter(|l| l.contains("shard-server listening"))
-        .find_map(|l| l.split_once("addr=").map(|(_, rest)| rest.to_owned()))
-        .and_then(|rest| rest.split_whitespace().next().map(str::to_owned))
+    c.server_addr_from_log(name)
 }
 
 fn server_log(c: &LocalCluster, name: &str) -> String {

@@ -204,6 +204,19 @@ impl LocalCluster {
     pub fn servers_dir(&self) -> PathBuf {
         self.root_path.join("servers")
     }
+    /// The address shard server `name` listens on now, from the last "shard-server
+    /// listening" line of its log (`None` before it logged one).
+    pub fn server_addr_from_log(&self, name: &str) -> Option<String> {
+        let log = self.servers_dir().join(name).join("server.log");
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .filter(|l| l.contains("shard-server listening"))
+            .find_map(|l| l.split_once("addr=").map(|(_, rest)| rest))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
+    }
     /// `data_dir()/logs` (manager.log, gateway.log).
     pub fn logs_dir(&self) -> PathBuf {
         self.root_path.join("logs")
