@@ -128,9 +128,10 @@ pub async fn read_phase(
     // applying the tail of the log. Let them finish, so the read phase measures reads.
     let settled = verify::settle(&ctx.http, &c.gateway_url, Duration::from_secs(60)).await;
     match &settled {
-        Ok(d) => println!(
-            "  every replica applied the whole log {} ms after the write phase",
-            d.as_millis()
+        Ok((d, status)) => println!(
+            "  every replica applied the whole log {} ms after the write phase; {} log entries in all shards",
+            d.as_millis(),
+            verify::log_entries(status)
         ),
         Err(e) => println!("  replicas still behind after 60 s: {e}"),
     }
@@ -148,7 +149,7 @@ pub async fn read_phase(
     })
     .await;
     let (mut res, line) = probe_end(c, &probe, phase.elapsed);
-    res["replicas_settled_ms"] = settled.map_or(Value::Null, |d| json!(d.as_millis() as u64));
+    res["replicas_settled_ms"] = settled.map_or(Value::Null, |(d, _)| json!(d.as_millis() as u64));
     print_phase(&phase, "reads");
     println!(
         "    rows returned per read: {:.1}",

@@ -21,7 +21,7 @@ pub async fn settle(
     http: &reqwest::Client,
     gateway: &str,
     timeout: Duration,
-) -> Result<Duration, String> {
+) -> Result<(Duration, Value), String> {
     let started = Instant::now();
     loop {
         let st: Result<Value, String> = async {
@@ -32,13 +32,24 @@ pub async fn settle(
                 .map_err(|e| e.to_string())
         }
         .await;
-        let lag = st.and_then(|st| testkit::check::converged(&st));
+        let lag = st.and_then(|st| testkit::check::converged(&st).map(|()| st));
         match lag {
-            Ok(()) => return Ok(started.elapsed()),
+            Ok(st) => return Ok((started.elapsed(), st)),
             Err(e) if started.elapsed() > timeout => return Err(e),
             Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
         }
     }
+}
+
+/// The log entries of every shard together (`wal_last_seq` in a `/status` body; it counts
+/// each shard's first term marker too).
+pub fn log_entries(status: &Value) -> u64 {
+    status["shards"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["wal_last_seq"].as_u64())
+        .sum()
 }
 
 /// `acked`: key → marks of every row acknowledged with 200. `key_col`: the shard key column.

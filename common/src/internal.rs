@@ -222,6 +222,92 @@ pub struct WriteRequest {
     pub data: Vec<Json>,
 }
 
+/// `POST /write_batch` on a shard's primary: several independent writes to one shard, each
+/// a `/write`'s `data` and each answered on its own. The gateway sends one when writes to a
+/// shard queue up behind the ones it has in flight; the primary proposes them together, so
+/// they share one log entry. The batch as a whole is refused (nothing proposed) when this
+/// server does not lead the shard.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteBatch {
+    pub shard: ShardId,
+    pub writes: Vec<Vec<Json>>,
+}
+
+/// The answer to a [`WriteBatch`]: one result per write, in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteBatchAnswer {
+    pub results: Vec<BatchResult>,
+}
+
+/// One write's result in a [`WriteBatchAnswer`]: the HTTP status the write would have got
+/// alone and, unless it is 200, the failure body it would have got.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchResult {
+    pub http: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::error::ErrorBody>,
+}
+
+/// `POST /read_batch` on a shard server: several reads at the `any` level, each a `/read`
+/// body (of any shard the server holds). The gateway sends one when reads to a server queue
+/// up behind the ones it has in flight. The answer is [`frames`]: one frame per read, in
+/// order, holding the status and body that read would have got from `/read`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadBatch {
+    pub reads: Vec<ReadRequest>,
+}
+
+/// Most requests in one `/write_batch` or `/read_batch`.
+pub const MAX_BATCH_REQUESTS: usize = 128;
+
+/// The framing of a batch answer whose parts are passed on without parsing: for each part,
+/// the line `<status> <length>\n`, then `length` bytes of body. (A `/read` answer's rows are
+/// spliced by the gateway as they came; a JSON envelope around them would have to be
+/// scanned whole to find where each part ends.)
+pub mod frames {
+    use bytes::Bytes;
+
+    /// The content type of a framed answer.
+    pub const CONTENT_TYPE: &str = "application/x-shardline-frames";
+
+    /// Appends one part.
+    pub fn push(out: &mut Vec<u8>, status: u16, body: &[u8]) {
+        out.extend_from_slice(format!("{status} {}\n", body.len()).as_bytes());
+        out.extend_from_slice(body);
+    }
+
+    /// The parts of a framed answer, their bodies sharing its buffer; an error names what
+    /// is malformed.
+    pub fn split(all: &Bytes) -> Result<Vec<(u16, Bytes)>, String> {
+        let mut parts = Vec::new();
+        let mut at = 0;
+        while at < all.len() {
+            let rest = &all[at..];
+            let end = rest
+                .iter()
+                .take(32)
+                .position(|&b| b == b'\n')
+                .ok_or_else(|| format!("no frame header at byte {at}"))?;
+            let header = std::str::from_utf8(&rest[..end])
+                .map_err(|_| format!("frame header at byte {at} is not text"))?;
+            let (status, len) = header
+                .split_once(' ')
+                .and_then(|(s, l)| Some((s.parse::<u16>().ok()?, l.parse::<usize>().ok()?)))
+                .ok_or_else(|| format!("bad frame header {header:?} at byte {at}"))?;
+            let start = at + end + 1;
+            let stop = start
+                .checked_add(len)
+                .filter(|&stop| stop <= all.len())
+                .ok_or_else(|| format!("frame at byte {at} is cut short"))?;
+            parts.push((status, all.slice(start..stop)));
+            at = stop;
+        }
+        Ok(parts)
+    }
+}
+
 /// `POST|GET /read` on a shard server: `{"shard": "sh1", "Stud_id": {"low": 0, "high": 9}}`.
 pub type ReadRequest = Keyed<KeyRange>;
 /// `PUT /update` on a shard's primary: `{"shard", "Stud_id": 5, "data": {full row}}`.
@@ -334,6 +420,40 @@ pub struct Removed {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn frames_round_trip_and_refuse_what_is_cut() {
+        let mut out = Vec::new();
+        frames::push(&mut out, 200, br#"{"data":[],"status":"success"}"#);
+        frames::push(&mut out, 503, b"");
+        frames::push(&mut out, 400, "n\u{e9}\n3 x".as_bytes());
+        let all = bytes::Bytes::from(out);
+        let parts = frames::split(&all).unwrap();
+        let got: Vec<(u16, &[u8])> = parts.iter().map(|(s, b)| (*s, &b[..])).collect();
+        assert_eq!(
+            got,
+            [
+                (200, &br#"{"data":[],"status":"success"}"#[..]),
+                (503, &b""[..]),
+                (400, "n\u{e9}\n3 x".as_bytes()),
+            ]
+        );
+        assert!(frames::split(&bytes::Bytes::new()).unwrap().is_empty());
+        for bad in [
+            &b"200 5\nabc"[..],
+            b"200\nabc",
+            b"x 1\na",
+            b"200 1",
+            b"200 -1\n",
+        ] {
+            let e = frames::split(&bytes::Bytes::copy_from_slice(bad));
+            assert!(
+                e.is_err(),
+                "{:?} was accepted",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 
     #[test]
     fn keyed_bodies_keep_the_assignment_shape() {

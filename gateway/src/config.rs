@@ -91,6 +91,15 @@ pub struct Config {
         default_value_t = 2_000
     )]
     pub failover_wait_ms: u64,
+    /// Writes to one shard this gateway keeps in flight to its primary; writes that arrive
+    /// meanwhile queue and go together as one `/write_batch`, so they share a request and a
+    /// log entry. 0 sends every write on its own.
+    #[arg(long, env = "SHARDLINE_WRITE_INFLIGHT", default_value_t = 1)]
+    pub write_inflight: usize,
+    /// `any`-level reads this gateway keeps in flight to one shard server; reads that arrive
+    /// meanwhile queue and go together as one `/read_batch`. 0 sends every read on its own.
+    #[arg(long, env = "SHARDLINE_READ_INFLIGHT", default_value_t = 2)]
+    pub read_inflight: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -113,6 +122,8 @@ impl std::fmt::Debug for Config {
             .field("admin_timeout_ms", &self.admin_timeout_ms)
             .field("failover_wait_ms", &self.failover_wait_ms)
             .field("drain_timeout_ms", &self.drain_timeout_ms)
+            .field("write_inflight", &self.write_inflight)
+            .field("read_inflight", &self.read_inflight)
             .finish()
     }
 }

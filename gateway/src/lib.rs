@@ -22,6 +22,7 @@
 
 pub mod admin;
 pub mod backup;
+pub mod coalesce;
 pub mod config;
 pub mod health;
 pub mod metrics;
@@ -69,6 +70,8 @@ pub async fn run(
     let read_id: u64 = rand::random();
     tracing::info!(read_id, read_policy = ?config.read_policy, "read replica choice");
     let state = Arc::new(router::AppState {
+        lanes: coalesce::Lanes::new(config.write_inflight),
+        read_lanes: coalesce::Lanes::new(config.read_inflight),
         config,
         read_id,
         ui: ui::Dashboard::spawn(topology.clone()),

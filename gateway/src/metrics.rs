@@ -13,6 +13,12 @@
 //!   shard group sent to its primary until committed (or failed)
 //! - `shardline_gateway_retries_total{shard, reason}`: a write re-sent to another primary,
 //!   or a read re-tried on another replica
+//! - `shardline_gateway_write_batches_total{shard}` and
+//!   `shardline_gateway_batched_writes_total{shard}`: `/write_batch` requests sent to a
+//!   primary and the writes they carried (their ratio is the mean batch size)
+//! - `shardline_gateway_read_batches_total{server}` and
+//!   `shardline_gateway_batched_reads_total{server}`: the same for `/read_batch` requests
+//!   to a shard server
 
 use std::collections::HashMap;
 use std::hash::{Hash as _, Hasher as _};
@@ -31,6 +37,10 @@ pub const REQUESTS: &str = "shardline_gateway_requests_total";
 pub const REQUEST_SECONDS: &str = "shardline_gateway_request_duration_seconds";
 pub const SHARD_WRITE_SECONDS: &str = "shardline_gateway_shard_write_duration_seconds";
 pub const RETRIES: &str = "shardline_gateway_retries_total";
+pub const WRITE_BATCHES: &str = "shardline_gateway_write_batches_total";
+pub const BATCHED_WRITES: &str = "shardline_gateway_batched_writes_total";
+pub const READ_BATCHES: &str = "shardline_gateway_read_batches_total";
+pub const BATCHED_READS: &str = "shardline_gateway_batched_reads_total";
 
 /// Latency buckets from 1 ms to 30 s: a local read is ~1 ms, a write waits for a majority
 /// (a few ms), an /init spawns processes (seconds).
@@ -65,6 +75,22 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_counter!(
         RETRIES,
         "Requests re-sent after a primary refused or a replica failed"
+    );
+    metrics::describe_counter!(
+        WRITE_BATCHES,
+        "Batches of coalesced writes sent to a shard's primary as one /write_batch"
+    );
+    metrics::describe_counter!(
+        BATCHED_WRITES,
+        "Writes sent to a shard's primary inside a /write_batch"
+    );
+    metrics::describe_counter!(
+        READ_BATCHES,
+        "Batches of coalesced reads sent to a shard server as one /read_batch"
+    );
+    metrics::describe_counter!(
+        BATCHED_READS,
+        "Reads sent to a shard server inside a /read_batch"
     );
     shardline::telemetry::spawn_upkeep(&handle);
     Ok(HANDLE.get_or_init(|| handle).clone())
@@ -190,6 +216,18 @@ pub fn shard_write(shard: &str, op: &'static str, outcome: &str, elapsed: Durati
             metrics::histogram!(SHARD_WRITE_SECONDS, &labels)
         })
         .record(elapsed.as_secs_f64());
+}
+
+/// Counts one `/write_batch` of `writes` writes sent to a shard's primary.
+pub fn write_batch(shard: &str, writes: usize) {
+    metrics::counter!(WRITE_BATCHES, "shard" => shard.to_owned()).increment(1);
+    metrics::counter!(BATCHED_WRITES, "shard" => shard.to_owned()).increment(writes as u64);
+}
+
+/// Counts one `/read_batch` of `reads` reads sent to a shard server.
+pub fn read_batch(server: &str, reads: usize) {
+    metrics::counter!(READ_BATCHES, "server" => server.to_owned()).increment(1);
+    metrics::counter!(BATCHED_READS, "server" => server.to_owned()).increment(reads as u64);
 }
 
 pub fn retry(shard: &str, reason: &'static str) {

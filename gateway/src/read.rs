@@ -269,7 +269,7 @@ fn quote_or_backslash(b: &[u8], mut i: usize) -> Option<usize> {
 /// replica on the ring, going on to the next one while a replica cannot serve
 /// ([`replicas::from_ring`]).
 async fn read_part(
-    state: &AppState,
+    state: &Arc<AppState>,
     routing: &Routing,
     key: &ColumnName,
     part: &ShardRange,
@@ -329,8 +329,10 @@ pub fn server_path(level: ReadLevel) -> &'static str {
     }
 }
 
+/// One `any`-level read from `server`: through its read lane (so it may share a
+/// `/read_batch` with others), or on its own when reads are not coalesced.
 async fn fetch(
-    state: &AppState,
+    state: &Arc<AppState>,
     routing: &Routing,
     server: &ServerName,
     req: &Bytes,
@@ -339,6 +341,9 @@ async fn fetch(
         .target(server.as_str())
         .ok_or_else(|| CallError::Connect(format!("server {server} has no address")))?;
     let _in_flight = routing.start_read(server.as_str());
+    if state.read_lanes.enabled() {
+        return crate::coalesce::read(state, server, req.clone()).await;
+    }
     upstream::call(
         &state.upstream,
         Method::POST,

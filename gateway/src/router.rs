@@ -27,6 +27,10 @@ pub struct AppState {
     pub upstream: crate::upstream::Client,
     /// Calls to the manager.
     pub http: reqwest::Client,
+    /// Per-shard queues of writes waiting for a slot to their primary.
+    pub lanes: crate::coalesce::WriteLanes,
+    /// Per-server queues of `any`-level reads waiting for a slot to their server.
+    pub read_lanes: crate::coalesce::ReadLanes,
     /// Renders the process's metrics for `GET /metrics`.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// The dashboard's event list (`/ui`).

@@ -54,7 +54,7 @@ pub fn manager_client() -> anyhow::Result<reqwest::Client> {
 }
 
 /// How a call failed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum CallError {
     /// No connection could be made: the request never reached the server, so it is safe to
     /// send it elsewhere.
@@ -131,18 +131,7 @@ pub async fn call(
 /// The error a failure answer stands for, keeping its code, message (and a 421's primary).
 pub fn error_from(status: u16, bytes: &[u8]) -> ApiError {
     if let Ok(body) = serde_json::from_slice::<shardline::error::ErrorBody>(bytes) {
-        let message = match body.message {
-            Value::String(m) => m,
-            other => other.to_string(),
-        };
-        return match body.code {
-            Some(code) => ApiError::from_code(code, message, body.primary),
-            None if status == 421 => ApiError::NotPrimary {
-                message,
-                primary: body.primary,
-            },
-            None => ApiError::from_status(status, message),
-        };
+        return error_from_body(status, body);
     }
     let text = String::from_utf8_lossy(bytes);
     let text = text.trim();
@@ -152,6 +141,22 @@ pub fn error_from(status: u16, bytes: &[u8]) -> ApiError {
         text.chars().take(500).collect()
     };
     ApiError::from_status(status, message)
+}
+
+/// The error a decoded failure body stands for.
+pub fn error_from_body(status: u16, body: shardline::error::ErrorBody) -> ApiError {
+    let message = match body.message {
+        Value::String(m) => m,
+        other => other.to_string(),
+    };
+    match body.code {
+        Some(code) => ApiError::from_code(code, message, body.primary),
+        None if status == 421 => ApiError::NotPrimary {
+            message,
+            primary: body.primary,
+        },
+        None => ApiError::from_status(status, message),
+    }
 }
 
 /// An error with its causes, which reqwest and hyper keep out of their own `Display`.

@@ -36,9 +36,10 @@ use shardline::meta::ClusterMeta;
 use shardline::names::{ColumnName, ShardId};
 use shardline::schema;
 use shardline::{ApiError, Effect, ErrorCode};
+use tokio::time::Instant;
 
 use crate::router::AppState;
-use crate::upstream;
+use crate::{coalesce, upstream};
 
 /// A validated `/write`: the rows grouped by shard, groups in key order, rows as given.
 #[derive(Debug)]
@@ -193,16 +194,23 @@ pub async fn write(
         )?
     };
     drop(body);
-    let requests = plan
-        .groups
-        .iter_mut()
-        .map(encode_group)
-        .collect::<Result<Vec<_>, _>>()?;
-    let sends = plan.groups.iter().zip(requests).map(|(g, req)| {
+    let sends = plan.groups.iter_mut().map(|g| {
         let state = &state;
         async move {
-            let result = to_primary(state, g.shard.as_str(), "write", Method::POST, req).await;
-            (g, result)
+            let result = if coalesce::coalesces(&state.lanes, g.rows.len()) {
+                let (rows, result) =
+                    coalesce::submit(state, &g.shard, std::mem::take(&mut g.rows)).await;
+                g.rows = rows;
+                result
+            } else {
+                match encode_group(g) {
+                    Ok(req) => {
+                        to_primary(state, g.shard.as_str(), "write", Method::POST, req).await
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+            (&*g, result)
         }
     });
     let results = futures::future::join_all(sends).await;
@@ -222,14 +230,14 @@ fn encode_group(g: &mut Group) -> Result<Bytes, ApiError> {
 
 /// Sends one shard's part of a write to its primary (`/<op>`), timing it for the metrics.
 /// The primary's answer is a [`Done`]; one that does not decode leaves the outcome unknown.
-async fn to_primary(
+pub(crate) async fn to_primary(
     state: &AppState,
     shard: &str,
     op: &'static str,
     method: Method,
     req: Bytes,
 ) -> Result<(), ApiError> {
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     let result = upstream::to_primary(
         state,
         shard,
@@ -246,16 +254,22 @@ async fn to_primary(
                 ))
             })
         });
+    let result = result.map(|_| ());
+    record(shard, op, &result, start);
+    result
+}
+
+/// Counts one shard write in the metrics: its outcome and its time since `start`.
+pub(crate) fn record(shard: &str, op: &'static str, result: &Result<(), ApiError>, start: Instant) {
     let status;
-    let outcome = match &result {
-        Ok(_) => "committed",
+    let outcome = match result {
+        Ok(()) => "committed",
         Err(e) => {
             status = e.status();
             status.as_str()
         }
     };
     crate::metrics::shard_write(shard, op, outcome, start.elapsed());
-    result.map(|_| ())
 }
 
 /// The answer to a `/write`: 200 only when every group committed; one group's failure as it

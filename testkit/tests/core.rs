@@ -617,3 +617,278 @@ async fn durable_mode_groups_concurrent_writes_and_keeps_them() {
         WRITERS * PER_WRITER
     );
 }
+
+/// Many concurrent single-row writes to one shard: the gateway sends the ones that queue
+/// behind its write in flight as `/write_batch` requests (counted in its metrics), and each
+/// write still gets its own answer: 409 for the keys that exist, 200 for the others, which
+/// are all readable afterwards while the existing rows keep their values. Then many
+/// concurrent reads: they share `/read_batch` requests and each gets exactly its own rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_requests_share_batches_and_keep_their_own_answers() {
+    let c = LocalCluster::start().await;
+    c.init(testkit::workload("a1")).await;
+    let existing: Vec<Value> = (0..20).map(|k| row(k, "old", 1)).collect();
+    let (code, body) = c.post("/write", json!({ "data": existing })).await;
+    assert_eq!(code, 200, "{body}");
+    const WRITES: i64 = 120;
+    let writes = (0..WRITES).map(|k| {
+        let c = &c;
+        async move {
+            (
+                k,
+                c.post("/write", json!({"data": [row(k, "new", 2)]})).await,
+            )
+        }
+    });
+    for (k, (code, body)) in futures::future::join_all(writes).await {
+        if k < 20 {
+            assert_eq!(code, 409, "key {k} exists: {body}");
+            assert_eq!(body["code"], "duplicate_key", "key {k}: {body}");
+            assert!(
+                body["message"].as_str().unwrap().contains(&k.to_string()),
+                "{body}"
+            );
+        } else {
+            assert_eq!(code, 200, "key {k}: {body}");
+            assert_eq!(body["message"], "1 Data entries added", "key {k}");
+        }
+    }
+    let (_, body) = read(&c, 0, WRITES - 1).await;
+    let rows = body["data"].as_array().unwrap();
+    assert_eq!(rows.len() as i64, WRITES);
+    for r in rows {
+        let k = r["Stud_id"].as_i64().unwrap();
+        let want = if k < 20 { "old" } else { "new" };
+        assert_eq!(r["Stud_name"], want, "{r}");
+    }
+    let page = c
+        .client()
+        .get(format!("{}/metrics", c.gateway_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |name: &str| -> f64 {
+        page.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{shard=\"sh1\"}}")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let (batches, batched) = (
+        count("shardline_gateway_write_batches_total"),
+        count("shardline_gateway_batched_writes_total"),
+    );
+    assert!(
+        batches >= 1.0 && batched >= 2.0 * batches,
+        "{WRITES} concurrent writes to sh1 went in {batches} batches of {batched} writes"
+    );
+    converged_and_identical(&c).await;
+
+    // Reads: each range's own keys, whatever batch it travelled in.
+    const READS: i64 = 200;
+    let reads = (0..READS).map(|i| {
+        let c = &c;
+        let (low, high) = (i % 100, i % 100 + i % 7);
+        async move {
+            let got = c
+                .post("/read", json!({"Stud_id": {"low": low, "high": high}}))
+                .await;
+            (low, high, got)
+        }
+    });
+    for (low, high, (code, body)) in futures::future::join_all(reads).await {
+        assert_eq!(code, 200, "[{low}, {high}]: {body}");
+        let keys: Vec<i64> = body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["Stud_id"].as_i64().unwrap())
+            .collect();
+        let want: Vec<i64> = (low..=high.min(WRITES - 1)).collect();
+        assert_eq!(keys, want, "[{low}, {high}]");
+    }
+    let page = c
+        .client()
+        .get(format!("{}/metrics", c.gateway_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let batches: f64 = page
+        .lines()
+        .filter(|l| l.starts_with("shardline_gateway_read_batches_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(batches >= 1.0, "{READS} concurrent reads went in no batch");
+}
+
+/// `/read_batch` on a shard server: one frame per read, in order, each what `/read` would
+/// have answered; a malformed batch is a 400.
+#[tokio::test(flavor = "multi_thread")]
+async fn read_batch_answers_each_read_in_its_own_frame() {
+    let c = LocalCluster::start().await;
+    c.init(testkit::workload("a1")).await;
+    let rows: Vec<Value> = (0..10).map(|k| row(k, "r", k)).collect();
+    assert_eq!(c.post("/write", json!({ "data": rows })).await.0, 200);
+    let st = check::wait_converged(&c, CONVERGE).await.unwrap();
+    let server = primary_of(&st, "sh1").expect("sh1 has a primary");
+    let held = |s: &str| replicas_of(&st)[s].contains(&server);
+    let other = ["sh2", "sh3", "sh4"].into_iter().find(|s| !held(s));
+    let addr = c.server_addr_from_log(&server).expect("listening line");
+    let url = format!("http://{addr}/read_batch");
+    let mut reads = vec![
+        json!({"shard": "sh1", "Stud_id": {"low": 2, "high": 4}}),
+        json!({"shard": "sh1", "Stud_id": {"low": 5, "high": 1}}),
+        json!({"shard": "sh1", "Stud_id": {"low": 100, "high": 200}}),
+        json!({"shard": "sh1", "Other": {"low": 1, "high": 2}}),
+    ];
+    if let Some(sh) = other {
+        reads.push(json!({"shard": sh, "Stud_id": {"low": 1, "high": 2}}));
+    }
+    let resp = c
+        .client()
+        .post(&url)
+        .json(&json!({ "reads": reads }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/x-shardline-frames"
+    );
+    let all = resp.bytes().await.unwrap();
+    let frames = shardline::internal::frames::split(&all).expect("well framed");
+    assert_eq!(frames.len(), reads.len());
+    let body = |i: usize| -> Value { serde_json::from_slice(&frames[i].1).unwrap() };
+    assert_eq!(frames[0].0, 200);
+    assert_eq!(
+        body(0),
+        json!({"data": [row(2, "r", 2), row(3, "r", 3), row(4, "r", 4)], "status": "success"})
+    );
+    assert_eq!(frames[1].0, 400);
+    assert!(body(1)["message"]
+        .as_str()
+        .unwrap()
+        .contains("greater than"));
+    assert_eq!((frames[2].0, body(2)["data"].clone()), (200, json!([])));
+    assert_eq!(frames[3].0, 400);
+    assert!(body(3)["message"].as_str().unwrap().contains("`Other`"));
+    if other.is_some() {
+        assert_eq!(frames[4].0, 404, "{}", body(4));
+        assert_eq!(body(4)["code"], "not_found");
+    }
+    for (bad, why) in [
+        (json!({"reads": []}), "empty"),
+        (json!({"reads": vec![reads[0].clone(); 129]}), "at most 128"),
+        (json!({"reads": [reads[0]], "x": 1}), "unknown field"),
+        (
+            json!({"reads": [{"shard": "sh1"}]}),
+            "missing the key column",
+        ),
+    ] {
+        let resp = c.client().post(&url).json(&bad).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "{why}");
+        let body: Value = resp.json().await.unwrap();
+        assert!(
+            body["message"].as_str().unwrap().contains(why),
+            "{why}: {body}"
+        );
+    }
+}
+
+/// `/write_batch` on a shard server: each write checked and answered on its own; a server
+/// that does not lead the shard refuses the whole batch with 421 and writes nothing; a
+/// malformed batch is a 400.
+#[tokio::test(flavor = "multi_thread")]
+async fn write_batch_answers_each_write_and_only_the_primary_takes_it() {
+    let c = LocalCluster::start().await;
+    c.init(testkit::workload("a1")).await;
+    let st = check::status(&c).await.unwrap();
+    let primary = primary_of(&st, "sh1").expect("sh1 has a primary");
+    let follower = replicas_of(&st)
+        .remove("sh1")
+        .expect("sh1 has replicas")
+        .into_iter()
+        .find(|s| *s != primary)
+        .expect("sh1 has a follower");
+    let url = |name: &str| {
+        let addr = c
+            .server_addr_from_log(name)
+            .unwrap_or_else(|| panic!("no listening line in {name}'s server.log"));
+        format!("http://{addr}/write_batch")
+    };
+    let send = |url: String, body: Value| {
+        let http = c.client().clone();
+        async move {
+            let resp = http.post(url).json(&body).send().await.expect("sent");
+            let code = resp.status().as_u16();
+            (code, resp.json::<Value>().await.expect("JSON answer"))
+        }
+    };
+    let batch = json!({"shard": "sh1", "writes": [
+        [row(1, "a", 1), row(2, "a", 1)],
+        [{"Stud_id": "3", "Stud_name": "b", "Stud_marks": 1}],
+        [],
+        [row(5000, "c", 1)],
+        [row(1, "d", 1)],
+        [row(4, "e", 1)],
+    ]});
+    let (code, body) = send(url(&follower), batch.clone()).await;
+    assert_eq!(code, 421, "{body}");
+    assert_eq!(body["code"], "not_primary");
+    let (keys, _) = read(&c, 0, 4095).await;
+    assert!(keys.is_empty(), "a refused batch wrote {keys:?}");
+
+    let (code, body) = send(url(&primary), batch).await;
+    assert_eq!(code, 200, "{body}");
+    let results = body["results"].as_array().expect("results");
+    let got: Vec<u64> = results
+        .iter()
+        .map(|r| r["http"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, [200, 400, 400, 400, 409, 200], "{body}");
+    assert!(results[0].get("error").is_none(), "{body}");
+    assert_eq!(results[1]["error"]["code"], "bad_request");
+    assert!(results[1]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("data[0]"));
+    assert!(results[2]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("empty"));
+    assert!(results[3]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("outside shard sh1"));
+    assert_eq!(results[4]["error"]["code"], "duplicate_key");
+    let (keys, _) = read(&c, 0, 4095).await;
+    assert_eq!(keys, [1, 2, 4]);
+
+    for (bad, why) in [
+        (json!({"shard": "sh1", "writes": []}), "empty"),
+        (
+            json!({"shard": "sh1", "writes": [[row(9, "x", 1)]], "x": 1}),
+            "unknown field",
+        ),
+        (
+            json!({"shard": "sh1", "writes": vec![vec![row(9, "x", 1)]; 129]}),
+            "at most 128",
+        ),
+        (json!({"shard": "sh1"}), "writes"),
+    ] {
+        let (code, body) = send(url(&primary), bad).await;
+        assert_eq!(code, 400, "{why}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains(why),
+            "{why}: {body}"
+        );
+    }
+    let (keys, _) = read(&c, 0, 4095).await;
+    assert_eq!(keys, [1, 2, 4], "a malformed batch wrote something");
+}

@@ -18,7 +18,9 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use shardline::body::ApiJson;
-use shardline::internal::{ReadLevel, ReadRequest};
+use shardline::internal::{frames, ReadBatch, ReadLevel, ReadRequest, MAX_BATCH_REQUESTS};
+use shardline::names::ShardId;
+use shardline::schema::Schema;
 use shardline::ApiError;
 
 use super::{check_keyed, configured_schema};
@@ -39,31 +41,73 @@ pub async fn read(
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let schema = configured_schema(&s)?;
-    check_keyed(&body, &schema, false)?;
-    let key = schema.key();
-    let (shard, range) = (body.shard, body.value);
-    let (low, high) = (range.low, range.high);
-    if low > high {
-        return Err(ApiError::BadRequest(format!(
-            "`{key}.low` ({low}) is greater than `{key}.high` ({high})"
-        )));
-    }
+    let (shard, low, high) = checked_range(&schema, body)?;
     let replica = match query.consistency {
         ReadLevel::Any => fresh_replica(&s, s.replica(shard.as_str())?)?,
         ReadLevel::Primary => fresh_replica(&s, s.leader(shard.as_str())?.replica)?,
         ReadLevel::Linearizable => read_index(&s, shard.as_str()).await?,
     };
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        answer(&replica, low, high)?,
+    )
+        .into_response())
+}
+
+/// `POST /read_batch`: several reads at the `any` level, answered in one response of
+/// [`frames`], each frame what that read alone would have got from `/read`.
+pub async fn read_batch(
+    State(s): State<Arc<Server>>,
+    ApiJson(body): ApiJson<ReadBatch>,
+) -> Result<Response, ApiError> {
+    let schema = configured_schema(&s)?;
+    let n = body.reads.len();
+    if n == 0 {
+        return Err(ApiError::BadRequest("field `reads` is empty".into()));
+    }
+    if n > MAX_BATCH_REQUESTS {
+        return Err(ApiError::BadRequest(format!(
+            "field `reads` has {n} reads; at most {MAX_BATCH_REQUESTS} are accepted"
+        )));
+    }
+    let mut out = Vec::with_capacity(n * 2048);
+    for req in body.reads {
+        let one = checked_range(&schema, req).and_then(|(shard, low, high)| {
+            let replica = fresh_replica(&s, s.replica(shard.as_str())?)?;
+            answer(&replica, low, high)
+        });
+        match one {
+            Ok(text) => frames::push(&mut out, 200, text.as_bytes()),
+            Err(e) => {
+                let body = serde_json::to_vec(&e.body()).unwrap_or_default();
+                frames::push(&mut out, e.status().as_u16(), &body);
+            }
+        }
+    }
+    Ok(([(header::CONTENT_TYPE, frames::CONTENT_TYPE)], out).into_response())
+}
+
+/// A read's shard and inclusive range, once its key field and bounds are checked.
+fn checked_range(schema: &Schema, body: ReadRequest) -> Result<(ShardId, i64, i64), ApiError> {
+    check_keyed(&body, schema, false)?;
+    let (low, high) = (body.value.low, body.value.high);
+    if low > high {
+        let key = schema.key();
+        return Err(ApiError::BadRequest(format!(
+            "`{key}.low` ({low}) is greater than `{key}.high` ({high})"
+        )));
+    }
+    Ok((body.shard, low, high))
+}
+
+/// The `/read` answer: the rows arrive as JSON text from SQLite and are spliced into the
+/// `ReadResponse` shape rather than decoded and re-encoded.
+fn answer(replica: &Replica, low: i64, high: i64) -> Result<String, ApiError> {
     let rows = replica
         .store
         .read_range_json(low, high)
-        .map_err(|e| ApiError::Internal(format!("shard {shard}: {e}")))?;
-    // The rows arrive as JSON text from SQLite; splice them into the `ReadResponse` shape
-    // rather than decode and re-encode them.
-    Ok((
-        [(header::CONTENT_TYPE, "application/json")],
-        format!(r#"{{"data":{rows},"status":"success"}}"#),
-    )
-        .into_response())
+        .map_err(|e| ApiError::Internal(format!("shard {}: {e}", replica.shard)))?;
+    Ok(format!(r#"{{"data":{rows},"status":"success"}}"#))
 }
 
 /// The replica, if it is caught up within the maximum staleness.

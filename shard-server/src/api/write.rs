@@ -5,13 +5,20 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::Json;
+use serde_json::Value;
 use shardline::body::ApiJson;
-use shardline::internal::{DeleteRequest, Done, UpdateRequest, WriteRequest};
+use shardline::internal::{
+    BatchResult, DeleteRequest, Done, UpdateRequest, WriteBatch, WriteBatchAnswer, WriteRequest,
+    MAX_BATCH_REQUESTS,
+};
+use shardline::meta::ShardMeta;
+use shardline::names::ShardId;
+use shardline::schema::Schema;
 use shardline::wal::WalOp;
 use shardline::ApiError;
 
 use super::{check_keyed, configured_schema};
-use crate::server::Server;
+use crate::server::{Leader, Server};
 use crate::store::Outcome;
 
 pub async fn write(
@@ -20,18 +27,82 @@ pub async fn write(
 ) -> Result<Json<Done>, ApiError> {
     let schema = configured_schema(&s)?;
     let WriteRequest { shard, data: rows } = body;
+    let range = shard_range(&s, &shard);
+    let op = insert_op(&s, &schema, &shard, range.as_ref(), &rows)?;
+    let leader = s.leader(shard.as_str())?;
+    insert(&leader, &shard, op).await.map(Json)
+}
+
+/// `POST /write_batch`: several writes to one shard, proposed together (so they share a log
+/// entry) and answered one by one. Only the batch's shape and this server's leadership are
+/// checked for the batch as a whole (a refusal there proposes nothing); each write's rows
+/// are checked on their own, as `/write` checks them.
+pub async fn write_batch(
+    State(s): State<Arc<Server>>,
+    ApiJson(body): ApiJson<WriteBatch>,
+) -> Result<Json<WriteBatchAnswer>, ApiError> {
+    let schema = configured_schema(&s)?;
+    let WriteBatch { shard, writes } = body;
+    if writes.is_empty() {
+        return Err(ApiError::BadRequest("field `writes` is empty".into()));
+    }
+    if writes.len() > MAX_BATCH_REQUESTS {
+        return Err(ApiError::BadRequest(format!(
+            "field `writes` has {} writes; at most {MAX_BATCH_REQUESTS} are accepted",
+            writes.len()
+        )));
+    }
+    let leader = s.leader(shard.as_str())?;
+    let range = shard_range(&s, &shard);
+    // Every proposal is queued on the first poll, in order, so the proposer takes them as
+    // one group.
+    let proposals = writes.iter().map(|rows| {
+        let op = insert_op(&s, &schema, &shard, range.as_ref(), rows);
+        let (leader, shard) = (&leader, &shard);
+        async move { insert(leader, shard, op?).await }
+    });
+    let results = futures::future::join_all(proposals)
+        .await
+        .into_iter()
+        .map(|r| match r {
+            Ok(_) => BatchResult {
+                http: 200,
+                error: None,
+            },
+            Err(e) => BatchResult {
+                http: e.status().as_u16(),
+                error: Some(e.body()),
+            },
+        })
+        .collect();
+    Ok(Json(WriteBatchAnswer { results }))
+}
+
+/// The shard's key range, as the current metadata has it.
+fn shard_range(s: &Server, shard: &ShardId) -> Option<ShardMeta> {
+    s.current_meta()
+        .as_ref()
+        .and_then(|m| m.shard(shard.as_str()).cloned())
+}
+
+/// One write's rows checked against the schema and the shard's range, as an insert op.
+fn insert_op(
+    s: &Server,
+    schema: &Schema,
+    shard: &ShardId,
+    range: Option<&ShardMeta>,
+    rows: &[Value],
+) -> Result<WalOp, ApiError> {
     if rows.is_empty() {
         return Err(ApiError::BadRequest("field `data` is empty".into()));
     }
     let mut objects = Vec::with_capacity(rows.len());
-    let sm = s.current_meta();
-    let range = sm.as_ref().and_then(|m| m.shard(shard.as_str()).cloned());
     for (i, r) in rows.iter().enumerate() {
         let row = schema
             .parse_row(r, s.max_string_bytes)
             .map_err(|e| ApiError::BadRequest(format!("data[{i}]: {e}")))?;
         let k = shardline::schema::key_of(&row);
-        if let Some(range) = &range {
+        if let Some(range) = range {
             if !range.contains(k) {
                 return Err(ApiError::BadRequest(format!(
                     "data[{i}]: key {k} is outside shard {shard} [{}, {})",
@@ -42,11 +113,17 @@ pub async fn write(
         }
         objects.push(schema.row_to_json(&row));
     }
-    let leader = s.leader(shard.as_str())?;
-    let n = objects.len();
-    let op = WalOp::Insert { rows: objects };
+    Ok(WalOp::Insert { rows: objects })
+}
+
+/// Proposes an insert as the leader and answers as `/write` does.
+async fn insert(leader: &Leader, shard: &ShardId, op: WalOp) -> Result<Done, ApiError> {
+    let n = match &op {
+        WalOp::Insert { rows } => rows.len(),
+        _ => 0,
+    };
     match leader.replica.propose(op, leader.term).await? {
-        Outcome::Applied => Ok(Json(Done::new(format!("{n} Data entries added")))),
+        Outcome::Applied => Ok(Done::new(format!("{n} Data entries added"))),
         other => Err(rejected(shard.as_str(), other)),
     }
 }
