@@ -76,6 +76,27 @@ pub async fn run(ctx: &Ctx, name: &str) -> anyhow::Result<(Value, bool)> {
     let (bres, line) = probe_end(&cluster, &probe, b.elapsed);
     print_phase(&b, "msgs");
     println!("{line}");
+    // The WAL's message pattern alone (publish, one delivery per replica, announcements):
+    // the floor nats-server sets under a log entry, without shardline's processes.
+    let followers = wl.topology()["replicas_per_shard"].as_u64().unwrap_or(3) as usize;
+    let probe = probe_start(&cluster);
+    let fan = baseline::fan_out(
+        &cluster.nats_url,
+        args.baseline_messages.unwrap_or(args.writes),
+        args.clients,
+        followers,
+        ctx.max,
+    )
+    .await?;
+    let (fres, line) = probe_end(&cluster, &probe, fan.elapsed);
+    print_phase(&fan, "msgs");
+    println!("{line}");
+    println!(
+        "  ({followers} pull consumers as replicas, {} announcing per batch; CPU per message: nats-server {:.0} µs, the consumers and publishers {:.0} µs)",
+        followers.saturating_sub(1),
+        per_message(&fres, "nats_server", fan.ok()),
+        per_message(&fres, "bench_client", fan.ok()),
+    );
     let rows_per_s = w.ok() as f64 * args.rows_per_write as f64 / w.elapsed.as_secs_f64().max(1e-9);
     let ratio = w.throughput() / b.throughput().max(1e-9);
     println!(
@@ -130,6 +151,7 @@ pub async fn run(ctx: &Ctx, name: &str) -> anyhow::Result<(Value, bool)> {
         "write_rows_per_s": round3(rows_per_s),
         "read": read_json,
         "jetstream_baseline": phase_json(&b, bres),
+        "jetstream_fan_out": phase_json(&fan, fres),
         "write_to_baseline_ratio": round3(ratio),
         "verify": v.report,
         "figures": figures,
@@ -140,4 +162,9 @@ pub async fn run(ctx: &Ctx, name: &str) -> anyhow::Result<(Value, bool)> {
     )?;
     cluster.finish();
     Ok((summary, v.ok))
+}
+
+/// µs of CPU per message of `process` (a key of a probe's `totals_cpu_s`) over `n` messages.
+fn per_message(res: &Value, process: &str, n: usize) -> f64 {
+    res["totals_cpu_s"][process].as_f64().unwrap_or(0.0) * 1e6 / n.max(1) as f64
 }

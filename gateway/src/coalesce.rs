@@ -20,9 +20,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use hyper::Method;
-use serde::Serialize;
 use serde_json::Value;
-use shardline::internal::{frames, WriteBatchAnswer, WriteRequest};
+use shardline::internal::{frames, WriteBatchAnswer};
 use shardline::names::{ServerName, ShardId};
 use shardline::ApiError;
 use tokio::sync::oneshot;
@@ -38,25 +37,52 @@ pub const MAX_COALESCED_ROWS: usize = 64;
 pub const MAX_WRITES_PER_BATCH: usize = shardline::internal::MAX_BATCH_REQUESTS;
 /// Most rows in one batch (the primary's rows per entry).
 pub const MAX_ROWS_PER_BATCH: usize = 2048;
+/// Most bytes of requests in one batch (and never more than the gateway's own
+/// `--body-limit`, which the servers are run with too): a batch must never be refused for
+/// its size when its requests would each have been taken.
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 
-/// What a write gets back: its rows (the caller's summary counts them) and its result.
-pub type Answer = (Vec<Value>, Result<(), ApiError>);
+/// Most requests waiting in one lane; one more is refused at once (503, not sent).
+pub const MAX_QUEUED: usize = 4096;
 
-/// A write waiting in a lane.
+/// A write waiting in a lane: its rows, encoded once as the JSON array `/write` and
+/// `/write_batch` carry.
 pub struct Queued {
-    rows: Vec<Value>,
+    data: Bytes,
+    rows: usize,
     started: Instant,
-    reply: oneshot::Sender<Answer>,
+    reply: oneshot::Sender<Result<(), ApiError>>,
 }
 
-/// What a lane needs to know of a waiting write.
-pub trait Weighed {
+/// What a lane needs to know of a waiting request.
+pub trait Waiting {
+    /// The rows it carries (a read: the most its range can match).
     fn rows(&self) -> usize;
+    /// Its size in a batch's body.
+    fn bytes(&self) -> usize;
+    /// When it was queued.
+    fn queued_at(&self) -> Instant;
+    /// Its caller went away: it is dropped without being sent.
+    fn abandoned(&self) -> bool;
+    /// Answers it without sending it: 503 `unavailable` (it was certainly not applied).
+    fn refuse(self, message: String);
 }
 
-impl Weighed for Queued {
+impl Waiting for Queued {
     fn rows(&self) -> usize {
-        self.rows.len()
+        self.rows
+    }
+    fn bytes(&self) -> usize {
+        self.data.len()
+    }
+    fn queued_at(&self) -> Instant {
+        self.started
+    }
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+    fn refuse(self, message: String) {
+        let _ = self.reply.send(Err(ApiError::Unavailable(message)));
     }
 }
 
@@ -76,36 +102,77 @@ impl<T> Default for Lane<T> {
     }
 }
 
-impl<T: Weighed> Lane<T> {
-    /// Queues a write; true when the caller must start a sender for the lane (fewer than
-    /// `max_senders` are at work).
-    pub fn push(&mut self, item: T, max_senders: usize) -> bool {
+/// What became of a request put in a lane.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed<T> {
+    /// Queued, and the caller must start a sender for the lane.
+    StartSender,
+    /// Queued behind the senders at work.
+    Queued,
+    /// Not queued: the lane holds [`MAX_QUEUED`] already.
+    Full(T),
+}
+
+impl<T: Waiting> Lane<T> {
+    /// Queues a request; a sender is to be started when fewer than `max_senders` are at work.
+    pub fn push(&mut self, item: T, max_senders: usize) -> Pushed<T> {
+        if self.queue.len() >= MAX_QUEUED {
+            return Pushed::Full(item);
+        }
         self.queue.push_back(item);
         if self.senders < max_senders {
             self.senders += 1;
-            true
+            Pushed::StartSender
         } else {
-            false
+            Pushed::Queued
         }
     }
 
-    /// The next batch for a sender, in arrival order, within [`MAX_WRITES_PER_BATCH`] and
-    /// [`MAX_ROWS_PER_BATCH`]; `None` when nothing waits, and the sender stops.
-    pub fn take(&mut self) -> Option<Vec<T>> {
-        let Some(first) = self.queue.pop_front() else {
+    /// The next batch for a sender, in arrival order, within [`MAX_WRITES_PER_BATCH`],
+    /// [`MAX_ROWS_PER_BATCH`] and `max_bytes` (a larger request goes alone); `None` when nothing waits, and
+    /// the sender stops. Requests whose caller went away are dropped; those queued more
+    /// than `max_wait` before `now` are refused, unsent: their lane's requests in flight are
+    /// not coming back, and a request that waits longer would outlive its caller's patience.
+    pub fn take(
+        &mut self,
+        now: Instant,
+        max_wait: std::time::Duration,
+        max_bytes: usize,
+    ) -> Option<Vec<T>> {
+        let mut batch: Vec<T> = Vec::new();
+        let (mut rows, mut bytes) = (0usize, 0usize);
+        while batch.len() < MAX_WRITES_PER_BATCH {
+            let Some(next) = self.queue.front() else {
+                break;
+            };
+            let fits = batch.is_empty()
+                || (rows.saturating_add(next.rows()) <= MAX_ROWS_PER_BATCH
+                    && bytes.saturating_add(next.bytes()) <= max_bytes);
+            if !fits {
+                break;
+            }
+            let Some(next) = self.queue.pop_front() else {
+                break;
+            };
+            let waited = now.saturating_duration_since(next.queued_at());
+            if next.abandoned() {
+                continue;
+            }
+            if waited > max_wait {
+                next.refuse(format!(
+                    "waited {} ms for the requests in flight before it (limit {} ms); not sent, retry",
+                    waited.as_millis(),
+                    max_wait.as_millis()
+                ));
+                continue;
+            }
+            rows = rows.saturating_add(next.rows());
+            bytes = bytes.saturating_add(next.bytes());
+            batch.push(next);
+        }
+        if batch.is_empty() {
             self.senders = self.senders.saturating_sub(1);
             return None;
-        };
-        let mut rows = first.rows();
-        let mut batch = vec![first];
-        while batch.len() < MAX_WRITES_PER_BATCH {
-            match self.queue.front() {
-                Some(next) if rows + next.rows() <= MAX_ROWS_PER_BATCH => {
-                    rows += next.rows();
-                    batch.extend(self.queue.pop_front());
-                }
-                _ => break,
-            }
         }
         Some(batch)
     }
@@ -114,13 +181,19 @@ impl<T: Weighed> Lane<T> {
 /// The lanes of every shard (or server), keyed by `K`.
 pub struct Lanes<K, T> {
     max_senders: usize,
+    /// Longest a request may wait in a lane before it is refused unsent.
+    max_wait: std::time::Duration,
+    /// Most bytes of requests in one batch.
+    max_bytes: usize,
     lanes: Mutex<HashMap<K, Lane<T>>>,
 }
 
-impl<K: Hash + Eq + Clone, T: Weighed> Lanes<K, T> {
-    pub fn new(max_senders: usize) -> Lanes<K, T> {
+impl<K: Hash + Eq + Clone, T: Waiting> Lanes<K, T> {
+    pub fn new(max_senders: usize, max_wait: std::time::Duration, max_bytes: usize) -> Lanes<K, T> {
         Lanes {
             max_senders,
+            max_wait,
+            max_bytes: max_bytes.min(MAX_BATCH_BYTES),
             lanes: Mutex::default(),
         }
     }
@@ -134,15 +207,45 @@ impl<K: Hash + Eq + Clone, T: Weighed> Lanes<K, T> {
         self.lanes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `item` in `key`'s lane; true when the caller must start a sender for it.
-    pub fn push(&self, key: &K, item: T) -> bool {
+    /// Queues `item` in `key`'s lane.
+    pub fn push(&self, key: &K, item: T) -> Pushed<T> {
         let max = self.max_senders;
         self.lock().entry(key.clone()).or_default().push(item, max)
     }
 
     /// The next batch of `key`'s lane for one of its senders; `None` stops that sender.
     pub fn take(&self, key: &K) -> Option<Vec<T>> {
-        self.lock().get_mut(key).and_then(Lane::take)
+        let now = Instant::now();
+        self.lock()
+            .get_mut(key)
+            .and_then(|lane| lane.take(now, self.max_wait, self.max_bytes))
+    }
+
+    /// A sender of `key`'s lane ended without finishing (it panicked): it no longer counts,
+    /// and when it was the last, what waits is dropped (each caller hears that its sender
+    /// stopped) rather than left waiting for a sender that will not come.
+    fn sender_lost(&self, key: &K) {
+        let mut lanes = self.lock();
+        if let Some(lane) = lanes.get_mut(key) {
+            lane.senders = lane.senders.saturating_sub(1);
+            if lane.senders == 0 {
+                lane.queue.clear();
+            }
+        }
+    }
+}
+
+/// Held by a lane's sender task: if the task unwinds, the lane learns it lost a sender.
+struct SenderGuard<'a, K: Hash + Eq + Clone, T: Waiting> {
+    lanes: &'a Lanes<K, T>,
+    key: &'a K,
+}
+
+impl<K: Hash + Eq + Clone, T: Waiting> Drop for SenderGuard<'_, K, T> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.lanes.sender_lost(self.key);
+        }
     }
 }
 
@@ -154,30 +257,44 @@ pub fn coalesces(lanes: &WriteLanes, rows: usize) -> bool {
     lanes.enabled() && rows <= MAX_COALESCED_ROWS
 }
 
-/// Sends one shard's rows through its lane and waits for their answer.
-pub async fn submit(state: &Arc<AppState>, shard: &ShardId, rows: Vec<Value>) -> Answer {
+/// Sends one shard's rows through its lane and waits for their outcome.
+pub async fn submit(
+    state: &Arc<AppState>,
+    shard: &ShardId,
+    rows: &[Value],
+) -> Result<(), ApiError> {
     let (reply, answer) = oneshot::channel();
     let item = Queued {
-        rows,
+        data: upstream::encode(rows)?,
+        rows: rows.len(),
         started: Instant::now(),
         reply,
     };
-    if state.lanes.push(shard, item) {
+    match state.lanes.push(shard, item) {
         // A task of its own: the sender outlives this request if the client goes away, so
         // the writes it carries still get their outcome recorded.
-        tokio::spawn(send_forever(state.clone(), shard.clone()));
+        Pushed::StartSender => {
+            tokio::spawn(send_forever(state.clone(), shard.clone()));
+        }
+        Pushed::Queued => {}
+        Pushed::Full(_) => {
+            return Err(ApiError::Unavailable(format!(
+                "shard {shard}: overloaded ({MAX_QUEUED} writes wait for its primary); not sent, retry later"
+            )));
+        }
     }
     answer.await.unwrap_or_else(|_| {
-        (
-            Vec::new(),
-            Err(ApiError::OutcomeUnknown(format!(
-                "shard {shard}: the write's sender stopped; the write may or may not have been applied"
-            ))),
-        )
+        Err(ApiError::OutcomeUnknown(format!(
+            "shard {shard}: the write's sender stopped; the write may or may not have been applied"
+        )))
     })
 }
 
 async fn send_forever(state: Arc<AppState>, shard: ShardId) {
+    let _guard = SenderGuard {
+        lanes: &state.lanes,
+        key: &shard,
+    };
     while let Some(batch) = state.lanes.take(&shard) {
         send(&state, &shard, batch).await;
     }
@@ -187,61 +304,81 @@ async fn send_forever(state: Arc<AppState>, shard: ShardId) {
 async fn send(state: &AppState, shard: &ShardId, mut batch: Vec<Queued>) {
     if batch.len() == 1 {
         if let Some(q) = batch.pop() {
-            let req = WriteRequest {
-                shard: shard.clone(),
-                data: q.rows,
-            };
-            let result = match upstream::encode(&req) {
-                Ok(body) => {
-                    crate::write::to_primary(state, shard.as_str(), "write", Method::POST, body)
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            let _ = q.reply.send((req.data, result));
+            send_alone(state, shard, q).await;
         }
         return;
     }
     crate::metrics::write_batch(shard.as_str(), batch.len());
-    let results = send_batch(state, shard, &batch).await;
+    let n = batch.len();
+    let results = match send_batch(state, shard, &batch).await {
+        Ok(results) => results,
+        // Refused whole as too large (nothing of it was applied): each write alone.
+        Err(ApiError::PayloadTooLarge(_)) => {
+            let alone = batch.into_iter().map(|q| send_alone(state, shard, q));
+            futures::future::join_all(alone).await;
+            return;
+        }
+        Err(e) => vec![Err(e); n],
+    };
     for (q, result) in batch.into_iter().zip(results) {
         crate::write::record(shard.as_str(), "write", &result, q.started);
-        let _ = q.reply.send((q.rows, result));
+        let _ = q.reply.send(result);
     }
 }
 
-/// The body of a [`shardline::internal::WriteBatch`], borrowing the rows.
-#[derive(Serialize)]
-struct BatchBody<'a> {
-    shard: &'a ShardId,
-    writes: Vec<&'a [Value]>,
+/// Sends one write as a plain `/write` ([`shardline::internal::WriteRequest`]).
+async fn send_alone(state: &AppState, shard: &ShardId, q: Queued) {
+    let body = json_object(shard, "data", [&q.data].into_iter(), false);
+    let result = crate::write::to_primary(state, shard.as_str(), "write", Method::POST, body).await;
+    let _ = q.reply.send(result);
 }
 
-/// One result per write of the batch, in order.
+/// `{"shard": <shard>, "<field>": <value>}`, or with `list` `"<field>": [values]`, from
+/// values already encoded.
+fn json_object<'a>(
+    shard: &ShardId,
+    field: &str,
+    values: impl Iterator<Item = &'a Bytes>,
+    list: bool,
+) -> Bytes {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(br#"{"shard":"#);
+    // A shard id is a validated name; encoding it cannot fail.
+    out.extend_from_slice(&serde_json::to_vec(shard).unwrap_or_default());
+    out.extend_from_slice(format!(r#","{field}":"#).as_bytes());
+    if list {
+        out.push(b'[');
+    }
+    for (i, v) in values.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(v);
+    }
+    if list {
+        out.push(b']');
+    }
+    out.push(b'}');
+    out.into()
+}
+
+/// One result per write of the batch, in order; `Err` when the batch failed as a whole.
 async fn send_batch(
     state: &AppState,
     shard: &ShardId,
     batch: &[Queued],
-) -> Vec<Result<(), ApiError>> {
+) -> Result<Vec<Result<(), ApiError>>, ApiError> {
     let n = batch.len();
-    let body = BatchBody {
-        shard,
-        writes: batch.iter().map(|q| q.rows.as_slice()).collect(),
-    };
-    let answer = match upstream::encode(&body) {
-        Ok(body) => {
-            upstream::to_primary(
-                state,
-                shard.as_str(),
-                upstream::Kind::Write,
-                Method::POST,
-                "/write_batch",
-                body,
-            )
-            .await
-        }
-        Err(e) => Err(e),
-    };
+    let body = json_object(shard, "writes", batch.iter().map(|q| &q.data), true);
+    let answer = upstream::to_primary(
+        state,
+        shard.as_str(),
+        upstream::Kind::Write,
+        Method::POST,
+        "/write_batch",
+        body,
+    )
+    .await;
     let decoded = answer.and_then(|bytes| {
         upstream::decode::<WriteBatchAnswer>(&bytes)
             .ok()
@@ -252,32 +389,46 @@ async fn send_batch(
                 ))
             })
     });
-    match decoded {
-        Ok(answer) => answer
-            .results
-            .into_iter()
-            .map(|r| match (r.http, r.error) {
-                (200, _) => Ok(()),
-                (status, Some(body)) => Err(upstream::error_from_body(status, body)),
-                (status, None) => Err(ApiError::from_status(
-                    status,
-                    format!("shard {shard}: HTTP {status}"),
-                )),
-            })
-            .collect(),
-        Err(e) => vec![Err(e); n],
-    }
+    Ok(decoded?
+        .results
+        .into_iter()
+        .map(|r| match (r.http, r.error) {
+            (200, _) => Ok(()),
+            (status, Some(body)) => Err(upstream::error_from_body(status, body)),
+            (status, None) => Err(ApiError::from_status(
+                status,
+                format!("shard {shard}: HTTP {status}"),
+            )),
+        })
+        .collect())
 }
 
-/// A read waiting in a server's lane: its encoded `/read` body.
+/// A read waiting in a server's lane: its encoded `/read` body and the most rows it can
+/// match (its range's width).
 pub struct QueuedRead {
     req: Bytes,
+    width: usize,
+    queued_at: Instant,
     reply: oneshot::Sender<Result<Bytes, CallError>>,
 }
 
-impl Weighed for QueuedRead {
+impl Waiting for QueuedRead {
     fn rows(&self) -> usize {
-        1
+        self.width
+    }
+    fn bytes(&self) -> usize {
+        self.req.len()
+    }
+    fn queued_at(&self) -> Instant {
+        self.queued_at
+    }
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+    fn refuse(self, message: String) {
+        let _ = self
+            .reply
+            .send(Err(CallError::Status(ApiError::Unavailable(message))));
     }
 }
 
@@ -290,10 +441,25 @@ pub async fn read(
     state: &Arc<AppState>,
     server: &ServerName,
     req: Bytes,
+    width: usize,
 ) -> Result<Bytes, CallError> {
     let (reply, answer) = oneshot::channel();
-    if state.read_lanes.push(server, QueuedRead { req, reply }) {
-        tokio::spawn(read_forever(state.clone(), server.clone()));
+    let item = QueuedRead {
+        req,
+        width,
+        queued_at: Instant::now(),
+        reply,
+    };
+    match state.read_lanes.push(server, item) {
+        Pushed::StartSender => {
+            tokio::spawn(read_forever(state.clone(), server.clone()));
+        }
+        Pushed::Queued => {}
+        Pushed::Full(_) => {
+            return Err(CallError::Status(ApiError::Unavailable(format!(
+                "server {server}: overloaded ({MAX_QUEUED} reads wait for it)"
+            ))));
+        }
     }
     answer
         .await
@@ -301,6 +467,10 @@ pub async fn read(
 }
 
 async fn read_forever(state: Arc<AppState>, server: ServerName) {
+    let _guard = SenderGuard {
+        lanes: &state.read_lanes,
+        key: &server,
+    };
     while let Some(batch) = state.read_lanes.take(&server) {
         send_reads(&state, &server, batch).await;
     }
@@ -386,58 +556,196 @@ async fn send_reads(state: &AppState, server: &ServerName, mut batch: Vec<Queued
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::time::Duration;
+
     use super::*;
 
-    struct W(usize);
-    impl Weighed for W {
+    /// A stand-in request: its rows, when queued, whether its caller left, and where its
+    /// refusal goes.
+    #[derive(Debug, PartialEq)]
+    struct W {
+        rows: usize,
+        at: Instant,
+        gone: bool,
+        refused: Rc<RefCell<Vec<String>>>,
+    }
+
+    impl Waiting for W {
         fn rows(&self) -> usize {
-            self.0
+            self.rows
         }
+        fn bytes(&self) -> usize {
+            self.rows.saturating_mul(10)
+        }
+        fn queued_at(&self) -> Instant {
+            self.at
+        }
+        fn abandoned(&self) -> bool {
+            self.gone
+        }
+        fn refuse(self, message: String) {
+            self.refused.borrow_mut().push(message);
+        }
+    }
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn w(rows: usize) -> W {
+        W {
+            rows,
+            at: Instant::now(),
+            gone: false,
+            refused: Rc::default(),
+        }
+    }
+
+    fn sizes(batch: Option<Vec<W>>) -> Option<Vec<usize>> {
+        batch.map(|b| b.iter().map(|w| w.rows).collect())
     }
 
     #[test]
     fn a_lane_starts_at_most_its_senders_and_stops_them_when_empty() {
+        let now = Instant::now();
         let mut lane = Lane::default();
-        assert!(lane.push(W(1), 2));
-        assert!(lane.push(W(1), 2));
-        assert!(!lane.push(W(1), 2), "a third sender is not started");
+        assert_eq!(lane.push(w(1), 2), Pushed::StartSender);
+        assert_eq!(lane.push(w(1), 2), Pushed::StartSender);
+        assert_eq!(lane.push(w(1), 2), Pushed::Queued, "no third sender");
         assert_eq!(
-            lane.take().map(|b| b.len()),
-            Some(3),
+            sizes(lane.take(now, WAIT, usize::MAX)),
+            Some(vec![1, 1, 1]),
             "everything waiting goes together"
         );
-        assert!(lane.take().is_none());
+        assert!(lane.take(now, WAIT, usize::MAX).is_none());
         assert_eq!(lane.senders, 1, "the sender that found nothing stopped");
-        assert!(lane.push(W(1), 2), "a free slot starts a sender again");
-        assert!(lane.take().is_some());
-        assert!(lane.take().is_none());
-        assert!(lane.take().is_none());
+        assert_eq!(
+            lane.push(w(1), 2),
+            Pushed::StartSender,
+            "a free slot starts a sender again"
+        );
+        assert!(lane.take(now, WAIT, usize::MAX).is_some());
+        assert!(lane.take(now, WAIT, usize::MAX).is_none());
+        assert!(lane.take(now, WAIT, usize::MAX).is_none());
         assert_eq!(lane.senders, 0);
     }
 
     #[test]
     fn batches_keep_order_and_the_limits() {
+        let now = Instant::now();
         let mut lane = Lane::default();
         for _ in 0..MAX_WRITES_PER_BATCH + 3 {
-            lane.push(W(1), 1);
+            lane.push(w(1), 1);
         }
-        assert_eq!(lane.take().map(|b| b.len()), Some(MAX_WRITES_PER_BATCH));
-        assert_eq!(lane.take().map(|b| b.len()), Some(3));
-        assert!(lane.take().is_none());
+        let first = lane.take(now, WAIT, usize::MAX).unwrap();
+        assert_eq!(first.len(), MAX_WRITES_PER_BATCH);
+        assert_eq!(lane.take(now, WAIT, usize::MAX).map(|b| b.len()), Some(3));
+        assert!(lane.take(now, WAIT, usize::MAX).is_none());
 
         let mut lane = Lane::default();
         let big = MAX_COALESCED_ROWS;
         let fit = MAX_ROWS_PER_BATCH / big;
         for _ in 0..fit + 1 {
-            lane.push(W(big), 1);
+            lane.push(w(big), 1);
         }
-        let first = lane.take().unwrap();
+        let first = lane.take(now, WAIT, usize::MAX).unwrap();
         assert_eq!(
             first.len(),
             fit,
             "rows per batch stay within the entry's limit"
         );
-        assert_eq!(first.iter().map(|w| w.0).sum::<usize>(), MAX_ROWS_PER_BATCH);
-        assert_eq!(lane.take().map(|b| b.len()), Some(1));
+        assert_eq!(lane.take(now, WAIT, usize::MAX).map(|b| b.len()), Some(1));
+
+        // A request over the row limit goes alone, and does not hold up the ones behind it.
+        let mut lane = Lane::default();
+        for rows in [usize::MAX, 5, 5] {
+            lane.push(w(rows), 1);
+        }
+        assert_eq!(
+            sizes(lane.take(now, WAIT, usize::MAX)),
+            Some(vec![usize::MAX])
+        );
+        assert_eq!(sizes(lane.take(now, WAIT, usize::MAX)), Some(vec![5, 5]));
+    }
+
+    #[test]
+    fn batches_keep_within_the_byte_limit() {
+        let now = Instant::now();
+        let mut lane = Lane::default();
+        for _ in 0..5 {
+            lane.push(w(3), 1);
+        }
+        // 30 bytes each: two fit in 70, and one over the limit alone still goes.
+        assert_eq!(sizes(lane.take(now, WAIT, 70)), Some(vec![3, 3]));
+        assert_eq!(sizes(lane.take(now, WAIT, 20)), Some(vec![3]));
+        assert_eq!(sizes(lane.take(now, WAIT, 1000)), Some(vec![3, 3]));
+    }
+
+    #[test]
+    fn gone_callers_are_dropped_and_stale_requests_refused_unsent() {
+        let now = Instant::now();
+        let refused: Rc<RefCell<Vec<String>>> = Rc::default();
+        let mut lane = Lane::default();
+        let mut gone = w(2);
+        gone.gone = true;
+        let mut stale = w(3);
+        stale.at = now - WAIT - Duration::from_millis(1);
+        stale.refused = refused.clone();
+        lane.push(gone, 1);
+        lane.push(stale, 1);
+        lane.push(w(4), 1);
+        assert_eq!(sizes(lane.take(now, WAIT, usize::MAX)), Some(vec![4]));
+        let refused = refused.borrow();
+        assert_eq!(refused.len(), 1);
+        assert!(refused[0].contains("not sent"), "{}", refused[0]);
+        // Only stale or abandoned requests: the sender finds nothing to send and stops.
+        let mut gone = w(1);
+        gone.gone = true;
+        lane.push(gone, 1);
+        assert!(lane.take(now, WAIT, usize::MAX).is_none());
+        assert_eq!(lane.senders, 0);
+    }
+
+    #[test]
+    fn a_full_lane_refuses_at_once() {
+        let mut lane = Lane::default();
+        for _ in 0..MAX_QUEUED {
+            assert!(!matches!(lane.push(w(1), 1), Pushed::Full(_)));
+        }
+        assert!(matches!(lane.push(w(1), 1), Pushed::Full(_)));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_sender_does_not_leave_its_lane_stuck() {
+        let lanes: Arc<Lanes<u8, Queued>> = Arc::new(Lanes::new(1, WAIT, MAX_BATCH_BYTES));
+        let (reply, answer) = oneshot::channel();
+        let q = Queued {
+            data: Bytes::new(),
+            rows: 0,
+            started: Instant::now(),
+            reply,
+        };
+        assert!(matches!(lanes.push(&7, q), Pushed::StartSender));
+        let l = lanes.clone();
+        let task = tokio::spawn(async move {
+            let _guard = SenderGuard { lanes: &l, key: &7 };
+            panic!("a sender bug");
+        });
+        assert!(task.await.is_err());
+        assert!(
+            answer.await.is_err(),
+            "the waiting write heard its sender stopped"
+        );
+        let (reply, _answer) = oneshot::channel();
+        let q = Queued {
+            data: Bytes::new(),
+            rows: 0,
+            started: Instant::now(),
+            reply,
+        };
+        assert!(
+            matches!(lanes.push(&7, q), Pushed::StartSender),
+            "the next write starts a new sender"
+        );
     }
 }

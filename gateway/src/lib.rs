@@ -60,7 +60,8 @@ pub async fn run(
         .with_context(|| format!("invalid NATS url {}", config.nats_url))?;
     let jetstream = async_nats::jetstream::new(nats.clone());
     let topology = topology::spawn(jetstream.clone(), config.ring_hash);
-    let upstream = upstream::client(Duration::from_millis(config.request_timeout_ms));
+    let upstream_timeout = Duration::from_millis(config.request_timeout_ms);
+    let upstream = upstream::client(upstream_timeout);
     let http = upstream::manager_client()?;
 
     let addr = listener.local_addr()?;
@@ -70,8 +71,8 @@ pub async fn run(
     let read_id: u64 = rand::random();
     tracing::info!(read_id, read_policy = ?config.read_policy, "read replica choice");
     let state = Arc::new(router::AppState {
-        lanes: coalesce::Lanes::new(config.write_inflight),
-        read_lanes: coalesce::Lanes::new(config.read_inflight),
+        lanes: coalesce::Lanes::new(config.write_inflight, upstream_timeout, config.body_limit),
+        read_lanes: coalesce::Lanes::new(config.read_inflight, upstream_timeout, config.body_limit),
         config,
         read_id,
         ui: ui::Dashboard::spawn(topology.clone()),

@@ -302,6 +302,9 @@ async fn read_part(
             });
     }
 
+    // The most rows the part can match: how much room it takes in a `/read_batch`.
+    let width =
+        usize::try_from(part.high.saturating_sub(part.low).saturating_add(1)).unwrap_or(usize::MAX);
     let ring = routing
         .ring(shard)
         .ok_or_else(|| ApiError::Unavailable(format!("shard {shard} has no replica")))?;
@@ -315,7 +318,7 @@ async fn read_part(
         request_id,
         |s| routing.is_up(s.as_str()),
         |s| routing.reads_in_flight(s.as_str()) >= overflow,
-        |server| fetch(state, routing, server, &req),
+        |server| fetch(state, routing, server, &req, width),
     )
     .await
 }
@@ -336,13 +339,14 @@ async fn fetch(
     routing: &Routing,
     server: &ServerName,
     req: &Bytes,
+    width: usize,
 ) -> Result<Bytes, CallError> {
     let target = routing
         .target(server.as_str())
         .ok_or_else(|| CallError::Connect(format!("server {server} has no address")))?;
     let _in_flight = routing.start_read(server.as_str());
     if state.read_lanes.enabled() {
-        return crate::coalesce::read(state, server, req.clone()).await;
+        return crate::coalesce::read(state, server, req.clone(), width).await;
     }
     upstream::call(
         &state.upstream,

@@ -198,10 +198,7 @@ pub async fn write(
         let state = &state;
         async move {
             let result = if coalesce::coalesces(&state.lanes, g.rows.len()) {
-                let (rows, result) =
-                    coalesce::submit(state, &g.shard, std::mem::take(&mut g.rows)).await;
-                g.rows = rows;
-                result
+                coalesce::submit(state, &g.shard, &g.rows).await
             } else {
                 match encode_group(g) {
                     Ok(req) => {

@@ -892,3 +892,30 @@ async fn write_batch_answers_each_write_and_only_the_primary_takes_it() {
     let (keys, _) = read(&c, 0, 4095).await;
     assert_eq!(keys, [1, 2, 4], "a malformed batch wrote something");
 }
+
+/// Writes that each fit the shard server's body limit but not together: the batch the
+/// gateway forms is refused whole (413, nothing applied) and each write is then sent alone,
+/// so every one commits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_over_the_body_limit_is_sent_one_write_at_a_time() {
+    let c = LocalCluster::start_with(testkit::ClusterOptions {
+        env: vec![("SHARDLINE_BODY_LIMIT".into(), "65536".into())],
+        ..Default::default()
+    })
+    .await;
+    c.init(testkit::workload("a1")).await;
+    let name = "n".repeat(1_000);
+    const WRITES: i64 = 24;
+    const ROWS: i64 = 40;
+    let writes = (0..WRITES).map(|w| {
+        let rows: Vec<Value> = (0..ROWS).map(|i| row(w * ROWS + i, &name, w)).collect();
+        let c = &c;
+        async move { (w, c.post("/write", json!({ "data": rows })).await) }
+    });
+    for (w, (code, body)) in futures::future::join_all(writes).await {
+        assert_eq!(code, 200, "write {w}: {}", body["message"]);
+    }
+    let (keys, _) = read(&c, 0, 4095).await;
+    assert_eq!(keys.len() as i64, WRITES * ROWS);
+    converged_and_identical(&c).await;
+}

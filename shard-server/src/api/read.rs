@@ -83,6 +83,9 @@ pub async fn read_batch(
                 frames::push(&mut out, e.status().as_u16(), &body);
             }
         }
+        // Each read runs in place on the server's thread: let heartbeats and the applier
+        // in between, however many wide reads the batch holds.
+        tokio::task::yield_now().await;
     }
     Ok(([(header::CONTENT_TYPE, frames::CONTENT_TYPE)], out).into_response())
 }
