@@ -30,29 +30,58 @@ pub async fn run(
         .await
         .context("connecting to nats-server for the baseline")?;
     let js = jetstream::new(client);
+    scratch_stream(&js, "BENCH_BASELINE", "bench.baseline").await?;
+    let phase = publishes(
+        &js,
+        "jetstream publish",
+        "bench.baseline",
+        messages,
+        publishers,
+        max,
+    )
+    .await;
     let _ = js.delete_stream("BENCH_BASELINE").await;
+    Ok(phase)
+}
+
+/// A fresh file-backed stream `name` on `subject` (an old one of that name is deleted).
+async fn scratch_stream(
+    js: &jetstream::Context,
+    name: &str,
+    subject: &str,
+) -> anyhow::Result<stream::Stream> {
+    let _ = js.delete_stream(name).await;
     js.create_stream(stream::Config {
-        name: "BENCH_BASELINE".into(),
-        subjects: vec!["bench.baseline".into()],
+        name: name.into(),
+        subjects: vec![subject.into()],
         storage: stream::StorageType::File,
         ..Default::default()
     })
     .await
-    .context("creating the scratch stream")?;
-    let js2 = js.clone();
-    let phase = load::run("jetstream publish", messages, publishers, max, move |i| {
-        let js = js2.clone();
+    .with_context(|| format!("creating the scratch stream {name}"))
+}
+
+/// `messages` synchronous publishes to `subject` by `publishers` concurrent publishers.
+async fn publishes(
+    js: &jetstream::Context,
+    phase: &str,
+    subject: &'static str,
+    messages: usize,
+    publishers: usize,
+    max: Duration,
+) -> Phase {
+    let js = js.clone();
+    load::run(phase, messages, publishers, max, move |i| {
+        let js = js.clone();
         async move {
-            let ok = match js.publish("bench.baseline", payload(i).into()).await {
+            let ok = match js.publish(subject, payload(i).into()).await {
                 Ok(ack) => ack.await.is_ok(),
                 Err(_) => false,
             };
             (if ok { 200 } else { TRANSPORT_ERROR }, 0)
         }
     })
-    .await;
-    let _ = js.delete_stream("BENCH_BASELINE").await;
-    Ok(phase)
+    .await
 }
 
 /// The floor of the WAL's message pattern on nats-server, without shardline's processes: the
@@ -76,16 +105,7 @@ pub async fn fan_out(
         .await
         .context("connecting to nats-server for the fan-out baseline")?;
     let js = jetstream::new(client.clone());
-    let _ = js.delete_stream("BENCH_FANOUT").await;
-    let stream = js
-        .create_stream(stream::Config {
-            name: "BENCH_FANOUT".into(),
-            subjects: vec!["bench.fanout".into()],
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .context("creating the fan-out stream")?;
+    let stream = scratch_stream(&js, "BENCH_FANOUT", "bench.fanout").await?;
     // The first follower's connection hears the others' announcements.
     let mut announcements = client.subscribe("bench.fanout.applied").await?;
     let heard = tokio::spawn(async move {
@@ -137,17 +157,14 @@ pub async fn fan_out(
             got
         }));
     }
-    let js2 = js.clone();
-    let mut phase = load::run("jetstream fan-out", messages, publishers, max, move |i| {
-        let js = js2.clone();
-        async move {
-            let ok = match js.publish("bench.fanout", payload(i).into()).await {
-                Ok(ack) => ack.await.is_ok(),
-                Err(_) => false,
-            };
-            (if ok { 200 } else { TRANSPORT_ERROR }, 0)
-        }
-    })
+    let mut phase = publishes(
+        &js,
+        "jetstream fan-out",
+        "bench.fanout",
+        messages,
+        publishers,
+        max,
+    )
     .await;
     // Until every follower has every message: the phase covers their deliveries too.
     let started = std::time::Instant::now() - phase.elapsed;

@@ -661,15 +661,7 @@ async fn concurrent_requests_share_batches_and_keep_their_own_answers() {
         let want = if k < 20 { "old" } else { "new" };
         assert_eq!(r["Stud_name"], want, "{r}");
     }
-    let page = c
-        .client()
-        .get(format!("{}/metrics", c.gateway_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = gateway_metrics(&c).await;
     let count = |name: &str| -> f64 {
         page.lines()
             .filter(|l| l.starts_with(&format!("{name}{{shard=\"sh1\"}}")))
@@ -709,15 +701,7 @@ async fn concurrent_requests_share_batches_and_keep_their_own_answers() {
         let want: Vec<i64> = (low..=high.min(WRITES - 1)).collect();
         assert_eq!(keys, want, "[{low}, {high}]");
     }
-    let page = c
-        .client()
-        .get(format!("{}/metrics", c.gateway_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = gateway_metrics(&c).await;
     let batches: f64 = page
         .lines()
         .filter(|l| l.starts_with("shardline_gateway_read_batches_total{"))
@@ -799,6 +783,17 @@ async fn read_batch_answers_each_read_in_its_own_frame() {
             "{why}: {body}"
         );
     }
+}
+
+/// The gateway's `/metrics` page.
+async fn gateway_metrics(c: &LocalCluster) -> String {
+    let resp = c
+        .client()
+        .get(format!("{}/metrics", c.gateway_url()))
+        .send()
+        .await
+        .expect("GET /metrics");
+    resp.text().await.expect("metrics text")
 }
 
 /// `/write_batch` on a shard server: each write checked and answered on its own; a server
