@@ -213,12 +213,23 @@ impl<K: Hash + Eq + Clone, T: Waiting> Lanes<K, T> {
         self.lock().entry(key.clone()).or_default().push(item, max)
     }
 
-    /// The next batch of `key`'s lane for one of its senders; `None` stops that sender.
+    /// The next batch of `key`'s lane for one of its senders; `None` stops that sender, and
+    /// a lane left without senders or requests is forgotten (shards and servers come and go).
     pub fn take(&self, key: &K) -> Option<Vec<T>> {
         let now = Instant::now();
-        self.lock()
-            .get_mut(key)
-            .and_then(|lane| lane.take(now, self.max_wait, self.max_bytes))
+        let mut lanes = self.lock();
+        let lane = lanes.get_mut(key)?;
+        let batch = lane.take(now, self.max_wait, self.max_bytes);
+        if batch.is_none() && lane.senders == 0 && lane.queue.is_empty() {
+            lanes.remove(key);
+        }
+        batch
+    }
+
+    /// How many lanes exist.
+    #[cfg(test)]
+    fn lanes(&self) -> usize {
+        self.lock().len()
     }
 
     /// A sender of `key`'s lane ended without finishing (it panicked): it no longer counts,
@@ -713,6 +724,23 @@ mod tests {
             assert!(!matches!(lane.push(w(1), 1), Pushed::Full(_)));
         }
         assert!(matches!(lane.push(w(1), 1), Pushed::Full(_)));
+    }
+
+    #[test]
+    fn an_idle_lane_is_forgotten() {
+        let lanes: Lanes<u8, W> = Lanes::new(1, WAIT, MAX_BATCH_BYTES);
+        assert_eq!(lanes.push(&1, w(1)), Pushed::StartSender);
+        assert_eq!(lanes.push(&2, w(1)), Pushed::StartSender);
+        assert_eq!(lanes.lanes(), 2);
+        assert!(lanes.take(&1).is_some());
+        assert!(lanes.take(&1).is_none());
+        assert_eq!(lanes.lanes(), 1, "lane 1 has no sender and nothing waiting");
+        assert_eq!(
+            lanes.push(&1, w(1)),
+            Pushed::StartSender,
+            "a new lane starts afresh"
+        );
+        assert_eq!(lanes.lanes(), 2);
     }
 
     #[tokio::test]
