@@ -358,19 +358,24 @@ fn json_object<'a>(
     out.extend_from_slice(&serde_json::to_vec(shard).unwrap_or_default());
     out.extend_from_slice(format!(r#","{field}":"#).as_bytes());
     if list {
-        out.push(b'[');
+        push_list(&mut out, values);
+    } else {
+        values.for_each(|v| out.extend_from_slice(v));
     }
+    out.push(b'}');
+    out.into()
+}
+
+/// Appends the JSON list `[v1,v2,…]` of values already encoded.
+fn push_list<'a>(out: &mut Vec<u8>, values: impl Iterator<Item = &'a Bytes>) {
+    out.push(b'[');
     for (i, v) in values.enumerate() {
         if i > 0 {
             out.push(b',');
         }
         out.extend_from_slice(v);
     }
-    if list {
-        out.push(b']');
-    }
-    out.push(b'}');
-    out.into()
+    out.push(b']');
 }
 
 /// One result per write of the batch, in order; `Err` when the batch failed as a whole.
@@ -521,14 +526,9 @@ async fn send_reads(state: &AppState, server: &ServerName, mut batch: Vec<Queued
     let n = batch.len();
     crate::metrics::read_batch(server.as_str(), n);
     let mut body = Vec::with_capacity(16 + batch.iter().map(|q| q.req.len() + 1).sum::<usize>());
-    body.extend_from_slice(br#"{"reads":["#);
-    for (i, q) in batch.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(&q.req);
-    }
-    body.extend_from_slice(b"]}");
+    body.extend_from_slice(br#"{"reads":"#);
+    push_list(&mut body, batch.iter().map(|q| &q.req));
+    body.push(b'}');
     let answer = upstream::call(
         &state.upstream,
         Method::POST,

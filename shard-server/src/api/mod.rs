@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::routing::{delete, get, post, put};
 use axum::Router;
-use shardline::internal::Keyed;
+use shardline::internal::{Keyed, MAX_BATCH_REQUESTS};
 use shardline::schema::Schema;
 use shardline::ApiError;
 
@@ -43,6 +43,20 @@ fn configured_schema(server: &Server) -> Result<Arc<Schema>, ApiError> {
     server.schema().ok_or_else(|| {
         ApiError::Unavailable(format!("server {} is not configured yet", server.name))
     })
+}
+
+/// Checks the number of requests in a batch's `field` (`writes`, `reads`): at least one, at
+/// most [`MAX_BATCH_REQUESTS`].
+fn check_batch_len(n: usize, field: &str) -> Result<(), ApiError> {
+    if n == 0 {
+        return Err(ApiError::BadRequest(format!("field `{field}` is empty")));
+    }
+    if n > MAX_BATCH_REQUESTS {
+        return Err(ApiError::BadRequest(format!(
+            "field `{field}` has {n} {field}; at most {MAX_BATCH_REQUESTS} are accepted"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks that a keyed body names its key after the schema's key column, and carries `data`

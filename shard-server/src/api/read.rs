@@ -18,12 +18,12 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use shardline::body::ApiJson;
-use shardline::internal::{frames, ReadBatch, ReadLevel, ReadRequest, MAX_BATCH_REQUESTS};
+use shardline::internal::{frames, ReadBatch, ReadLevel, ReadRequest};
 use shardline::names::ShardId;
 use shardline::schema::Schema;
 use shardline::ApiError;
 
-use super::{check_keyed, configured_schema};
+use super::{check_batch_len, check_keyed, configured_schema};
 use crate::replica::Replica;
 use crate::server::Server;
 
@@ -62,14 +62,7 @@ pub async fn read_batch(
 ) -> Result<Response, ApiError> {
     let schema = configured_schema(&s)?;
     let n = body.reads.len();
-    if n == 0 {
-        return Err(ApiError::BadRequest("field `reads` is empty".into()));
-    }
-    if n > MAX_BATCH_REQUESTS {
-        return Err(ApiError::BadRequest(format!(
-            "field `reads` has {n} reads; at most {MAX_BATCH_REQUESTS} are accepted"
-        )));
-    }
+    check_batch_len(n, "reads")?;
     let mut out = Vec::with_capacity(n * 2048);
     for req in body.reads {
         let one = checked_range(&schema, req).and_then(|(shard, low, high)| {

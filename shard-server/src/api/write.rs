@@ -9,7 +9,6 @@ use serde_json::Value;
 use shardline::body::ApiJson;
 use shardline::internal::{
     BatchResult, DeleteRequest, Done, UpdateRequest, WriteBatch, WriteBatchAnswer, WriteRequest,
-    MAX_BATCH_REQUESTS,
 };
 use shardline::meta::ShardMeta;
 use shardline::names::ShardId;
@@ -17,7 +16,7 @@ use shardline::schema::Schema;
 use shardline::wal::WalOp;
 use shardline::ApiError;
 
-use super::{check_keyed, configured_schema};
+use super::{check_batch_len, check_keyed, configured_schema};
 use crate::server::{Leader, Server};
 use crate::store::Outcome;
 
@@ -43,15 +42,7 @@ pub async fn write_batch(
 ) -> Result<Json<WriteBatchAnswer>, ApiError> {
     let schema = configured_schema(&s)?;
     let WriteBatch { shard, writes } = body;
-    if writes.is_empty() {
-        return Err(ApiError::BadRequest("field `writes` is empty".into()));
-    }
-    if writes.len() > MAX_BATCH_REQUESTS {
-        return Err(ApiError::BadRequest(format!(
-            "field `writes` has {} writes; at most {MAX_BATCH_REQUESTS} are accepted",
-            writes.len()
-        )));
-    }
+    check_batch_len(writes.len(), "writes")?;
     let leader = s.leader(shard.as_str())?;
     let range = shard_range(&s, &shard);
     // Every proposal is queued on the first poll, in order, so the proposer takes them as
