@@ -11,7 +11,8 @@
 //! - [`error`]: the one error type that maps to an HTTP status and a JSON failure body.
 //! - [`nats`]: connecting to NATS with the optional credentials every binary takes.
 //! - [`watch`]: following the metadata key in NATS KV from gateways and shard servers.
-//! - [`shutdown`]: the future every binary awaits to stop gracefully.
+//! - [`shutdown`]: the future every binary awaits to stop gracefully, and the tokio runtime
+//!   the gateway and the shard server are built on ([`shutdown::runtime`]).
 //! - [`telemetry`]: logging set-up and the `/metrics` route shared by the binaries.
 //! - [`body`]: the JSON body extractor that turns every decoding problem into a 400 naming the field.
 //! - [`internal`]: the request and answer bodies of the internal HTTP API (gateway, manager and

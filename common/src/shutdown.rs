@@ -61,3 +61,21 @@ pub async fn serve_until(
         }
     }
 }
+
+/// The tokio runtime of a binary with `worker_threads` threads: `1` is a current-thread
+/// runtime (no hand-offs between workers; cheapest where several processes share a few
+/// cores), `0` one worker per core.
+pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 1 {
+                b.worker_threads(n);
+            }
+            b.enable_all().build()
+        }
+    }
+}

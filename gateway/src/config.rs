@@ -100,6 +100,11 @@ pub struct Config {
     /// meanwhile queue and go together as one `/read_batch`. 0 sends every read on its own.
     #[arg(long, env = "SHARDLINE_READ_INFLIGHT", default_value_t = 2)]
     pub read_inflight: usize,
+    /// Threads of the gateway's runtime. 1 (the default) runs everything on one thread: on a
+    /// few cores shared with the shard servers and nats-server that is cheapest (no hand-offs
+    /// between workers); raise it for a gateway with cores of its own (0 = one per core).
+    #[arg(long, env = "SHARDLINE_GATEWAY_WORKER_THREADS", default_value_t = 1)]
+    pub worker_threads: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -124,6 +129,7 @@ impl std::fmt::Debug for Config {
             .field("drain_timeout_ms", &self.drain_timeout_ms)
             .field("write_inflight", &self.write_inflight)
             .field("read_inflight", &self.read_inflight)
+            .field("worker_threads", &self.worker_threads)
             .finish()
     }
 }

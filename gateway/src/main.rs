@@ -8,12 +8,18 @@ use anyhow::Context as _;
 use clap::Parser;
 use gateway::Config;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> anyhow::Result<()> {
     shardline::telemetry::init_logging();
     let config = Config::parse();
     // Unusable NATS credentials stop the gateway before it announces itself.
     config.nats_auth.auth()?;
+    shardline::shutdown::runtime(config.worker_threads)?.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -6,23 +6,15 @@ use anyhow::Context as _;
 use clap::Parser;
 use shard_server::Config;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     shardline::telemetry::init_logging();
     let config = Config::parse();
     // Unusable NATS credentials stop the server before it announces itself.
     config.nats_auth.auth()?;
-    let runtime = match config.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            if n > 1 {
-                b.worker_threads(n);
-            }
-            b.enable_all().build()?
-        }
-    };
+    let runtime = shardline::shutdown::runtime(config.worker_threads)?;
     runtime.block_on(async {
         // A server outlives its manager: when the manager exits while this server is stopped
         // (SIGSTOP), the kernel sends its orphaned process group SIGHUP, which would kill it.
