@@ -24,7 +24,7 @@ use serde_json::Value;
 use shardline::internal::{frames, WriteBatchAnswer};
 use shardline::names::{ServerName, ShardId};
 use shardline::ApiError;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::router::AppState;
@@ -91,6 +91,10 @@ impl Waiting for Queued {
 pub struct Lane<T> {
     senders: usize,
     queue: VecDeque<T>,
+    /// Requests ever queued here (a lingering sender counts the ones since it began).
+    arrivals: u64,
+    /// Woken at every arrival, for a lingering sender.
+    arrived: Arc<Notify>,
 }
 
 impl<T> Default for Lane<T> {
@@ -98,6 +102,8 @@ impl<T> Default for Lane<T> {
         Lane {
             senders: 0,
             queue: VecDeque::new(),
+            arrivals: 0,
+            arrived: Arc::default(),
         }
     }
 }
@@ -120,6 +126,7 @@ impl<T: Waiting> Lane<T> {
             return Pushed::Full(item);
         }
         self.queue.push_back(item);
+        self.arrivals += 1;
         if self.senders < max_senders {
             self.senders += 1;
             Pushed::StartSender
@@ -210,7 +217,42 @@ impl<K: Hash + Eq + Clone, T: Waiting> Lanes<K, T> {
     /// Queues `item` in `key`'s lane.
     pub fn push(&self, key: &K, item: T) -> Pushed<T> {
         let max = self.max_senders;
-        self.lock().entry(key.clone()).or_default().push(item, max)
+        let mut lanes = self.lock();
+        let lane = lanes.entry(key.clone()).or_default();
+        let pushed = lane.push(item, max);
+        if matches!(pushed, Pushed::Queued) {
+            lane.arrived.notify_waiters();
+        }
+        pushed
+    }
+
+    /// Holds a sender of `key`'s lane until `expect` more requests arrived, the lane holds a
+    /// full batch, or `max` passed; with `max` or `expect` zero it returns at once.
+    pub async fn linger(&self, key: &K, expect: usize, max: std::time::Duration) {
+        if max.is_zero() || expect == 0 {
+            return;
+        }
+        let deadline = Instant::now() + max;
+        let (arrived, start) = match self.lock().get(key) {
+            Some(lane) => (lane.arrived.clone(), lane.arrivals),
+            None => return,
+        };
+        loop {
+            let notified = arrived.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let lanes = self.lock();
+                let Some(lane) = lanes.get(key) else { return };
+                let came = lane.arrivals.saturating_sub(start);
+                if came >= expect as u64 || lane.queue.len() >= MAX_WRITES_PER_BATCH {
+                    return;
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// The next batch of `key`'s lane for one of its senders; `None` stops that sender, and
@@ -306,7 +348,24 @@ async fn send_forever(state: Arc<AppState>, shard: ShardId) {
         lanes: &state.lanes,
         key: &shard,
     };
-    while let Some(batch) = state.lanes.take(&shard) {
+    let linger = state.config.write_linger();
+    let mut answered: usize = 0;
+    loop {
+        // Before each batch after the first, wait (at most `--write-linger-us`) for half as
+        // many writes as the last batch carried: under load the writers just answered send
+        // again at once, and without the wait the next batch would leave with only the few
+        // that queued meanwhile, the rest waiting a whole round behind it (the shard's
+        // writers split into two alternating halves). Their next writes spread over every
+        // shard, so half is what reliably arrives in time. A lone writer's next write is
+        // sent the moment it arrives; a lane whose writers do not come back loses `linger`.
+        state
+            .lanes
+            .linger(&shard, answered.div_ceil(2), linger)
+            .await;
+        let Some(batch) = state.lanes.take(&shard) else {
+            break;
+        };
+        answered = batch.len();
         send(&state, &shard, batch).await;
     }
 }
@@ -775,5 +834,53 @@ mod tests {
             matches!(lanes.push(&7, q), Pushed::StartSender),
             "the next write starts a new sender"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lingering_sender_goes_once_enough_arrived_or_at_its_deadline() {
+        // tokio's timers tick in milliseconds.
+        const MAX: Duration = Duration::from_millis(10);
+        let lanes: Lanes<u8, W> = Lanes::new(1, WAIT, MAX_BATCH_BYTES);
+        assert_eq!(lanes.push(&1, w(1)), Pushed::StartSender);
+        assert!(lanes.take(&1).is_some(), "the sender's first batch");
+
+        // Two writes expected: the sender waits through the first, goes with the second.
+        let t0 = Instant::now();
+        let arrivals = async {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                assert_eq!(lanes.push(&1, w(1)), Pushed::Queued);
+            }
+        };
+        let went = async {
+            lanes.linger(&1, 2, MAX).await;
+            t0.elapsed()
+        };
+        let (went, ()) = tokio::join!(went, arrivals);
+        assert_eq!(went, Duration::from_millis(4), "went at the 2nd");
+        assert_eq!(sizes(lanes.take(&1)), Some(vec![1, 1, 1]));
+
+        // Fewer than expected: it goes at its deadline with what came.
+        let t0 = Instant::now();
+        assert_eq!(lanes.push(&1, w(1)), Pushed::Queued);
+        lanes.linger(&1, 3, MAX).await;
+        assert!(t0.elapsed() >= MAX, "waited {:?}", t0.elapsed());
+        assert!(t0.elapsed() <= MAX * 2, "waited {:?}", t0.elapsed());
+        assert_eq!(sizes(lanes.take(&1)), Some(vec![1]));
+
+        // Writes queued before it began do not count; a full batch waiting ends it.
+        for _ in 0..MAX_WRITES_PER_BATCH {
+            lanes.push(&1, w(1));
+        }
+        let t0 = Instant::now();
+        lanes.linger(&1, 5, MAX).await;
+        assert_eq!(t0.elapsed(), Duration::ZERO, "a full batch waits");
+        assert_eq!(lanes.take(&1).map(|b| b.len()), Some(MAX_WRITES_PER_BATCH));
+
+        // Nothing expected, or no linger configured: at once.
+        let t0 = Instant::now();
+        lanes.linger(&1, 0, MAX).await;
+        lanes.linger(&1, 4, Duration::ZERO).await;
+        assert_eq!(t0.elapsed(), Duration::ZERO);
     }
 }

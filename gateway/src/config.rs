@@ -100,6 +100,11 @@ pub struct Config {
     /// meanwhile queue and go together as one `/read_batch`. 0 sends every read on its own.
     #[arg(long, env = "SHARDLINE_READ_INFLIGHT", default_value_t = 2)]
     pub read_inflight: usize,
+    /// After a shard's batch of writes is answered, its sender waits up to this long (µs)
+    /// for as many writes to arrive (the writers just answered, sending their next) before
+    /// it sends what waits; 0 sends at once.
+    #[arg(long, env = "SHARDLINE_WRITE_LINGER_US", default_value_t = 1000)]
+    pub write_linger_us: u64,
     /// Threads of the gateway's runtime. 1 (the default) runs everything on one thread: on a
     /// few cores shared with the shard servers and nats-server that is cheapest (no hand-offs
     /// between workers); raise it for a gateway with cores of its own (0 = one per core).
@@ -129,6 +134,7 @@ impl std::fmt::Debug for Config {
             .field("drain_timeout_ms", &self.drain_timeout_ms)
             .field("write_inflight", &self.write_inflight)
             .field("read_inflight", &self.read_inflight)
+            .field("write_linger_us", &self.write_linger_us)
             .field("worker_threads", &self.worker_threads)
             .finish()
     }
@@ -137,5 +143,9 @@ impl std::fmt::Debug for Config {
 impl Config {
     pub fn failover_wait(&self) -> Duration {
         Duration::from_millis(self.failover_wait_ms)
+    }
+
+    pub fn write_linger(&self) -> Duration {
+        Duration::from_micros(self.write_linger_us)
     }
 }
