@@ -135,6 +135,18 @@ impl<T: Waiting> Lane<T> {
         }
     }
 
+    /// Whether what waits fills a batch already (by count, rows or bytes, as [`Lane::take`]
+    /// cuts them).
+    fn holds_full_batch(&self, max_bytes: usize) -> bool {
+        if self.queue.len() >= MAX_WRITES_PER_BATCH {
+            return true;
+        }
+        let (rows, bytes) = self.queue.iter().fold((0usize, 0usize), |(r, b), q| {
+            (r.saturating_add(q.rows()), b.saturating_add(q.bytes()))
+        });
+        rows >= MAX_ROWS_PER_BATCH || bytes >= max_bytes
+    }
+
     /// The next batch for a sender, in arrival order, within [`MAX_WRITES_PER_BATCH`],
     /// [`MAX_ROWS_PER_BATCH`] and `max_bytes` (a larger request goes alone); `None` when nothing waits, and
     /// the sender stops. Requests whose caller went away are dropped; those queued more
@@ -220,15 +232,16 @@ impl<K: Hash + Eq + Clone, T: Waiting> Lanes<K, T> {
         let mut lanes = self.lock();
         let lane = lanes.entry(key.clone()).or_default();
         let pushed = lane.push(item, max);
-        if matches!(pushed, Pushed::Queued) {
-            lane.arrived.notify_waiters();
-        }
+        lane.arrived.notify_waiters();
         pushed
     }
 
     /// Holds a sender of `key`'s lane until `expect` more requests arrived, the lane holds a
-    /// full batch, or `max` passed; with `max` or `expect` zero it returns at once.
+    /// full batch, or `max` passed (at most half the longest a request may wait; tokio's
+    /// timers round it up to the next millisecond); with `max` or `expect` zero it returns
+    /// at once.
     pub async fn linger(&self, key: &K, expect: usize, max: std::time::Duration) {
+        let max = max.min(self.max_wait / 2);
         if max.is_zero() || expect == 0 {
             return;
         }
@@ -245,7 +258,7 @@ impl<K: Hash + Eq + Clone, T: Waiting> Lanes<K, T> {
                 let lanes = self.lock();
                 let Some(lane) = lanes.get(key) else { return };
                 let came = lane.arrivals.saturating_sub(start);
-                if came >= expect as u64 || lane.queue.len() >= MAX_WRITES_PER_BATCH {
+                if came >= expect as u64 || lane.holds_full_batch(self.max_bytes) {
                     return;
                 }
             }
@@ -876,6 +889,37 @@ mod tests {
         lanes.linger(&1, 5, MAX).await;
         assert_eq!(t0.elapsed(), Duration::ZERO, "a full batch waits");
         assert_eq!(lanes.take(&1).map(|b| b.len()), Some(MAX_WRITES_PER_BATCH));
+
+        // A full batch by rows, or by bytes, ends it too.
+        lanes.push(&1, w(MAX_ROWS_PER_BATCH));
+        let t0 = Instant::now();
+        lanes.linger(&1, 5, MAX).await;
+        assert_eq!(t0.elapsed(), Duration::ZERO, "a batch full of rows waits");
+        assert_eq!(sizes(lanes.take(&1)), Some(vec![MAX_ROWS_PER_BATCH]));
+        let small: Lanes<u8, W> = Lanes::new(1, WAIT, 100);
+        assert_eq!(small.push(&1, w(1)), Pushed::StartSender);
+        assert!(small.take(&1).is_some());
+        small.push(&1, w(6));
+        small.push(&1, w(6));
+        let t0 = Instant::now();
+        small.linger(&1, 5, MAX).await;
+        assert_eq!(
+            t0.elapsed(),
+            Duration::ZERO,
+            "120 bytes wait, 100 fit a batch"
+        );
+
+        // Never longer than half the longest a request may wait.
+        let hasty: Lanes<u8, W> = Lanes::new(1, Duration::from_millis(4), MAX_BATCH_BYTES);
+        assert_eq!(hasty.push(&1, w(1)), Pushed::StartSender);
+        assert!(hasty.take(&1).is_some());
+        let t0 = Instant::now();
+        hasty.linger(&1, 5, Duration::from_secs(60)).await;
+        assert!(
+            t0.elapsed() <= Duration::from_millis(3),
+            "{:?}",
+            t0.elapsed()
+        );
 
         // Nothing expected, or no linger configured: at once.
         let t0 = Instant::now();

@@ -100,9 +100,10 @@ pub struct Config {
     /// meanwhile queue and go together as one `/read_batch`. 0 sends every read on its own.
     #[arg(long, env = "SHARDLINE_READ_INFLIGHT", default_value_t = 2)]
     pub read_inflight: usize,
-    /// After a shard's batch of writes is answered, its sender waits up to this long (µs)
-    /// for as many writes to arrive (the writers just answered, sending their next) before
-    /// it sends what waits; 0 sends at once.
+    /// After a shard's batch of writes is answered, its sender waits up to this long (µs;
+    /// tokio's timers round it up to the next millisecond, and it is at most half the
+    /// request timeout) for half as many writes to arrive (the writers just answered,
+    /// sending their next) before it sends what waits; 0 sends at once.
     #[arg(long, env = "SHARDLINE_WRITE_LINGER_US", default_value_t = 1000)]
     pub write_linger_us: u64,
     /// Threads of the gateway's runtime. 1 (the default) runs everything on one thread: on a
