@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use gateway::Config;
 
+// mimalloc: ~5 % more requests per second for ~9 MiB of RSS (ARCHITECTURE.md, Decisions).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

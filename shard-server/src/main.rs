@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use shard_server::Config;
 
+// mimalloc: ~5 % more requests per second for ~9 MiB of RSS (ARCHITECTURE.md, Decisions).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
