@@ -57,6 +57,8 @@ const JOURNAL_SIZE_LIMIT: i64 = 4 * 1024 * 1024;
 pub struct Store {
     schema: Schema,
     sql: Statements,
+    /// Each column's name as a JSON string (`"Stud_id"`), for [`Store::read_range_into`].
+    json_names: Vec<Vec<u8>>,
     path: PathBuf,
     sync: SyncMode,
     /// The single writer connection and the position it has committed (owned by the
@@ -122,6 +124,11 @@ impl Store {
         let store = Store {
             schema: schema.clone(),
             sql: Statements::new(schema),
+            json_names: schema
+                .columns
+                .iter()
+                .map(|c| serde_json::to_vec(c.as_str()).expect("a str serializes"))
+                .collect(),
             path: path.to_owned(),
             sync,
             writer: Mutex::new(Writer { conn, at, log }),
@@ -141,7 +148,7 @@ impl Store {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.prepare_cached(&self.sql.range_json)?;
+        conn.prepare_cached(&self.sql.range)?;
         conn.prepare_cached(&self.sql.exists)?;
         Ok(conn)
     }
@@ -211,10 +218,50 @@ impl Store {
     }
 
     /// Rows with `low <= key <= high`, in key order, as one JSON array text.
+    #[cfg(test)]
     pub fn read_range_json(&self, low: i64, high: i64) -> rusqlite::Result<String> {
+        let mut out = Vec::new();
+        self.read_range_into(low, high, &mut out)?;
+        // Only `str`s, `"`-escaped by serde_json, and ASCII were written.
+        Ok(String::from_utf8(out).expect("JSON text is UTF-8"))
+    }
+
+    /// Appends the rows with `low <= key <= high`, in key order, to `out` as one compact
+    /// JSON array (`[{"col":value,...},...]`, the columns in schema order). Written here
+    /// from the column values: SQLite's `json_object`/`json_group_array` stringify every
+    /// integer and copy every value twice more on the way.
+    pub fn read_range_into(&self, low: i64, high: i64, out: &mut Vec<u8>) -> rusqlite::Result<()> {
         self.read(|conn| {
-            conn.prepare_cached(&self.sql.range_json)?
-                .query_row([low, high], |r| r.get(0))
+            let mut stmt = conn.prepare_cached(&self.sql.range)?;
+            let mut rows = stmt.query([low, high])?;
+            let mut ints = itoa::Buffer::new();
+            out.push(b'[');
+            let mut first = true;
+            while let Some(r) = rows.next()? {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                for (i, (name, d)) in self.json_names.iter().zip(&self.schema.dtypes).enumerate() {
+                    out.push(if i == 0 { b'{' } else { b',' });
+                    out.extend_from_slice(name);
+                    out.push(b':');
+                    match d {
+                        Dtype::Number => {
+                            out.extend_from_slice(ints.format(r.get::<_, i64>(i)?).as_bytes())
+                        }
+                        Dtype::String => {
+                            let text = r.get_ref(i)?.as_str()?;
+                            serde_json::to_writer(&mut *out, text).map_err(|e| {
+                                rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+                            })?;
+                        }
+                    }
+                }
+                out.push(b'}');
+            }
+            out.push(b']');
+            Ok(())
         })
     }
 

@@ -14,8 +14,8 @@ pub(super) struct Statements {
     pub(super) update: String,
     pub(super) delete: String,
     pub(super) exists: String,
-    /// The range as one JSON array built by SQLite, so nothing is re-encoded in Rust.
-    pub(super) range_json: String,
+    /// The rows of a key range in key order (the primary-key scan's own order).
+    pub(super) range: String,
     pub(super) all: String,
 }
 
@@ -30,13 +30,6 @@ impl Statements {
             .map(|c| format!("{c} = ?"))
             .collect::<Vec<_>>()
             .join(", ");
-        // Column names passed the identifier grammar, so they are safe inside '...' too.
-        let pairs = schema
-            .columns
-            .iter()
-            .map(|c| format!("'{}', {}", c.as_str(), c.sql()))
-            .collect::<Vec<_>>()
-            .join(", ");
         Statements {
             insert: format!("INSERT INTO records ({list}) VALUES ({params})"),
             insert_or_ignore: format!("INSERT OR IGNORE INTO records ({list}) VALUES ({params})"),
@@ -47,12 +40,8 @@ impl Statements {
             },
             delete: format!("DELETE FROM records WHERE {key} = ?"),
             exists: format!("SELECT 1 FROM records WHERE {key} = ?"),
-            // The inner ORDER BY is the primary-key scan's own order (no sort step), and the
-            // aggregate takes rows in the order the subquery yields them; an ORDER BY inside
-            // the aggregate would copy every row into a temporary b-tree instead.
-            range_json: format!(
-                "SELECT json_group_array(json_object({pairs})) FROM \
-                 (SELECT {list} FROM records WHERE {key} >= ? AND {key} <= ? ORDER BY {key})"
+            range: format!(
+                "SELECT {list} FROM records WHERE {key} >= ? AND {key} <= ? ORDER BY {key}"
             ),
             all: format!("SELECT {list} FROM records ORDER BY {key}"),
         }
