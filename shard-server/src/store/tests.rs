@@ -195,6 +195,22 @@ fn snapshot_carries_its_position() {
     assert_eq!(rows[1], Json::Object(row(2, "two")));
 }
 
+/// A range as SQLite's JSON functions make it (what the store answered before it wrote the
+/// text itself).
+fn sqlite_range_json(path: &std::path::Path, low: i64, high: i64) -> String {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row(
+            "SELECT json_group_array(json_object('Stud_id', \"Stud_id\", \
+             'Stud_name', \"Stud_name\", 'Stud_marks', \"Stud_marks\")) FROM \
+             (SELECT \"Stud_id\", \"Stud_name\", \"Stud_marks\" FROM records \
+             WHERE \"Stud_id\" >= ? AND \"Stud_id\" <= ? ORDER BY \"Stud_id\")",
+            [low, high],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
 /// A range's JSON text, written in Rust from the column values, is byte for byte what
 /// SQLite's `json_group_array(json_object(..))` made before it (the gateway splices that
 /// text into its answers and cuts rows out of it without a parse), whatever the strings
@@ -226,24 +242,50 @@ fn range_text_is_the_text_sqlite_json_made() {
     }
     store.apply(&entries).unwrap();
 
-    let sqlite = |low: i64, high: i64| -> String {
-        rusqlite::Connection::open(&path)
-            .unwrap()
-            .query_row(
-                "SELECT json_group_array(json_object('Stud_id', \"Stud_id\", \
-                 'Stud_name', \"Stud_name\", 'Stud_marks', \"Stud_marks\")) FROM \
-                 (SELECT \"Stud_id\", \"Stud_name\", \"Stud_marks\" FROM records \
-                 WHERE \"Stud_id\" >= ? AND \"Stud_id\" <= ? ORDER BY \"Stud_id\")",
-                [low, high],
-                |r| r.get(0),
-            )
-            .unwrap()
-    };
     for (low, high) in [(i64::MIN, i64::MAX), (0, 25), (11, 19), (-7, -7), (5, 1)] {
         let ours = store.read_range_json(low, high).unwrap();
-        assert_eq!(ours, sqlite(low, high), "range {low}..={high}");
+        assert_eq!(
+            ours,
+            sqlite_range_json(&path, low, high),
+            "range {low}..={high}"
+        );
     }
     assert_eq!(store.read_range_json(11, 19).unwrap(), "[]");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    /// [`range_text_is_the_text_sqlite_json_made`] for any strings and integers: the text
+    /// written from the column values is SQLite's own, byte for byte.
+    #[test]
+    fn any_range_text_is_the_text_sqlite_json_made(
+        rows in proptest::collection::vec(
+            (
+                proptest::prelude::any::<i64>(),
+                proptest::prelude::any::<String>(),
+                proptest::prelude::any::<i64>(),
+            ),
+            0..12,
+        ),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let store = Store::open(&path, &schema(), SyncMode::Normal).unwrap();
+        let entries: Vec<(Seq, _)> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, (k, name, marks))| {
+                let row = json!({"Stud_id": k, "Stud_name": name, "Stud_marks": marks});
+                let rows = vec![row.as_object().unwrap().clone()];
+                (Seq(i as u64 + 1), entry(WalOp::Insert { rows }, 0))
+            })
+            .collect();
+        store.apply(&entries).unwrap();
+        proptest::prop_assert_eq!(
+            store.read_range_json(i64::MIN, i64::MAX).unwrap(),
+            sqlite_range_json(&path, i64::MIN, i64::MAX)
+        );
+    }
 }
 
 /// A marker whose term is not greater than the last applied one (a second manager's marker
