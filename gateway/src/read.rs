@@ -188,7 +188,8 @@ fn rows_of(answer: &[u8]) -> Result<Rows<'_>, serde_json::Error> {
 /// How many JSON values the comma-separated list `inner` holds, found by following strings
 /// (with their escapes) and nesting only; `None` (parse it instead) when a string or a
 /// bracket is left open, a bracket closes that was not opened, or a value is empty. The
-/// values themselves are not checked: they are the server's own SQLite JSON output.
+/// values themselves are not checked: they are the shard server's own JSON text
+/// (`Store::read_range_into`).
 fn split_rows(inner: &str) -> Option<usize> {
     let b = inner.as_bytes();
     if b.is_empty() {
