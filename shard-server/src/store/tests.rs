@@ -26,7 +26,11 @@ fn entry(op: WalOp, term: u64) -> Result<WalEntry, String> {
 }
 
 fn row(k: i64, name: &str) -> Map<String, Json> {
-    json!({"Stud_id": k, "Stud_name": name, "Stud_marks": 1})
+    row_with_marks(k, name, 1)
+}
+
+fn row_with_marks(k: i64, name: &str, marks: i64) -> Map<String, Json> {
+    json!({"Stud_id": k, "Stud_name": name, "Stud_marks": marks})
         .as_object()
         .unwrap()
         .clone()
@@ -233,8 +237,7 @@ fn range_text_is_the_text_sqlite_json_made() {
         .map(|(i, n)| (Seq(i as u64 + 1), entry(insert(i as i64 * 10, n), 0)))
         .collect();
     for (k, marks) in [(i64::MIN, i64::MAX), (i64::MAX, i64::MIN), (-7, 0)] {
-        let row = json!({"Stud_id": k, "Stud_name": "edge", "Stud_marks": marks});
-        let rows = vec![row.as_object().unwrap().clone()];
+        let rows = vec![row_with_marks(k, "edge", marks)];
         entries.push((
             Seq(entries.len() as u64 + 1),
             entry(WalOp::Insert { rows }, 0),
@@ -275,8 +278,7 @@ proptest::proptest! {
             .iter()
             .enumerate()
             .map(|(i, (k, name, marks))| {
-                let row = json!({"Stud_id": k, "Stud_name": name, "Stud_marks": marks});
-                let rows = vec![row.as_object().unwrap().clone()];
+                let rows = vec![row_with_marks(*k, name, *marks)];
                 (Seq(i as u64 + 1), entry(WalOp::Insert { rows }, 0))
             })
             .collect();
